@@ -1,0 +1,141 @@
+"""The command line: one subcommand per stage, and `run` for all of them.
+
+    depthtune run [--model M] [--data F --prompt-field P --answer-field A] [--run-dir D]
+    depthtune generate|score|select|train|merge|evaluate|report --run-dir D
+
+Every subcommand reads and writes one run directory; the resolved config lives in
+<run>/config.yaml, so later stages see the settings earlier ones used, and flags given
+to a later stage change only what has not yet been done.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import artifacts
+from .config import RunConfig, load_config
+from .errors import DepthtuneError
+
+STAGES = ("generate", "score", "select", "train", "merge", "evaluate", "report")
+FLAGS = {  # CLI flag -> config key
+    "model": "model.name", "data": "data.path", "eval_data": "data.eval_path",
+    "prompt_field": "data.prompt_field", "answer_field": "data.answer_field", "checker": "data.checker",
+    "max_train_prompts": "data.max_train_prompts", "max_eval_prompts": "data.max_eval_prompts",
+    "k": "generate.k", "threshold": "select.threshold", "rank": "train.rank", "epochs": "train.epochs",
+    "full": "train.full",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="depthtune", description="Keep a model's deepest answers, "
+                                     "train a LoRA on them, merge it, and measure before and after.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("run",) + STAGES:
+        p = sub.add_parser(name, help="all stages in order" if name == "run" else f"the {name} stage only")
+        p.add_argument("--run-dir", default="runs/depthtune", help="run directory (default runs/depthtune)")
+        p.add_argument("--config", help="YAML config (default: <run-dir>/config.yaml if present)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.rank=8")
+        p.add_argument("--model", help="HF model id, model directory or .gguf file (default: embedded SmolLM2)")
+        p.add_argument("--data", help="prompts: .jsonl, .csv, .parquet or a saved dataset dir (default: built-in suites)")
+        p.add_argument("--eval-data", help="held-out prompts (default: a split of --data)")
+        p.add_argument("--prompt-field", help="prompt column (default 'prompt'; chat 'messages' rows need none)")
+        p.add_argument("--answer-field", help="reference-answer column (default 'answer')")
+        p.add_argument("--checker", help="auto, numeric, exact or contains")
+        p.add_argument("--max-train-prompts", type=int)
+        p.add_argument("--max-eval-prompts", type=int)
+        p.add_argument("--k", type=int, help="samples per training prompt")
+        p.add_argument("--threshold", type=float, help="CDM line for selection, 0-100 (default 80)")
+        p.add_argument("--rank", type=int, help="LoRA rank")
+        p.add_argument("--epochs", type=float)
+        p.add_argument("--full", action="store_true", default=None, help="full fine-tuning instead of LoRA")
+        if name != "run":
+            p.add_argument("--redo", action="store_true", help="discard this stage's output and run it again")
+    return parser
+
+
+def resolve_config(args) -> RunConfig:
+    run_dir = Path(args.run_dir)
+    path = args.config or (run_dir / "config.yaml" if (run_dir / "config.yaml").exists() else None)
+    flags = {key: getattr(args, flag) for flag, key in FLAGS.items()}
+    return load_config(path, args.set, **flags)
+
+
+def print_table(metrics: dict) -> None:
+    from .report import ROWS, _fmt
+
+    b, a = metrics["before"], metrics["after"]
+    print(f"\n{'metric':<28}{'before':>10}{'after':>10}")
+    for key, label, fmt in ROWS:
+        print(f"{label.format(line=metrics['deep_line']):<28}{_fmt(b.get(key), fmt):>10}{_fmt(a.get(key), fmt):>10}")
+    s = metrics["selection"]
+    print(f"\nkept {s['kept']}/{s['total']} samples at CDM >= {s['threshold']:g}; "
+          f"{metrics['trainable_params']:,} trainable params; trained {metrics['train_seconds']:.0f} s; "
+          f"CDM AUROC {metrics['cdm_auroc']}")
+
+
+def run_stage(name: str, run_dir: Path, cfg: RunConfig, redo: bool) -> None:
+    import shutil
+
+    from . import evaluate, generate, merge, pipeline, report, score, select, train
+
+    stage_dir = run_dir / name
+    if redo and stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    if name != "report" and artifacts.is_done(stage_dir):
+        print(f"[{name}] already finished in {run_dir}; pass --redo to run it again")
+        return
+    pipeline.prepare(run_dir, cfg)
+    session = pipeline.Session(cfg)
+    if name in ("generate", "score"):
+        {"generate": generate, "score": score}[name].run(run_dir, cfg, *session.base())
+    elif name == "select":
+        m = select.run(run_dir, cfg)
+        print(f"kept {m['kept']} of {m['total']} samples (CDM >= {m['threshold']:g})")
+    elif name == "train":
+        train.run(run_dir, cfg, *session.take_base())
+    elif name == "merge":
+        merge.run(run_dir, cfg, session.load)
+    elif name == "evaluate":
+        evaluate.evaluate_model(run_dir, cfg, "base", *session.base())
+        session._model = None
+        evaluate.evaluate_model(run_dir, cfg, "tuned", *pipeline.tuned_model(run_dir, session))
+        evaluate.finish(run_dir, cfg)
+    elif name == "report":
+        print_table(report.run(run_dir))
+    print(f"[{name}] done -> {stage_dir if name != 'report' else run_dir / 'report.md'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .models import quiet
+
+    quiet()
+    try:
+        cfg = resolve_config(args)
+        run_dir = Path(args.run_dir)
+        if args.command == "run":
+            from .pipeline import run_all
+
+            metrics = run_all(run_dir, cfg)
+            print_table(metrics)
+            print(f"\nreport: {run_dir / 'report.md'}")
+        else:
+            run_stage(args.command, run_dir, cfg, args.redo)
+        return 0
+    except DepthtuneError as e:
+        print(f"depthtune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("depthtune: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected failure: one line unless --debug
+        if args.debug:
+            raise
+        print(f"depthtune: failed: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

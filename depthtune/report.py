@@ -1,0 +1,138 @@
+"""Stage 7, report: metrics.json, report.md and cdm.png from the run's own files.
+
+Reads  the manifests of score, select, train and evaluate, and evaluate/{base,tuned}.jsonl
+Writes <run>/metrics.json, <run>/report.md, <run>/cdm.png
+
+Every figure comes from those files; the sentences are chosen by comparing numbers.
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+from . import artifacts
+
+ROWS = [("mean_cdm", "Mean CDM", "{:.1f}"), ("deep_rate", "Deep rate (CDM >= {line:g})", "{:.0%}"),
+        ("accuracy", "Accuracy", "{:.0%}"), ("mean_completion_tokens", "Mean answer tokens", "{:.1f}"),
+        ("ms_per_token", "ms per token", "{:.1f}"), ("peak_memory_mb", "Peak memory (MB)", "{:.0f}")]
+HIGHER_IS_BETTER = {"mean_cdm": True, "deep_rate": True, "accuracy": True, "ms_per_token": False,
+                    "peak_memory_mb": False}
+
+
+def auroc(scores: list[float], labels: list[bool]) -> float | None:
+    """P(score of a random correct sample > that of a random wrong one), ties count half."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    import os
+
+    return f"CPU {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def collect(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    ev = artifacts.read_manifest(run_dir / "evaluate", "evaluate")
+    sel = artifacts.read_manifest(run_dir / "select", "select")
+    tr = artifacts.read_manifest(run_dir / "train", "train")
+    scored = artifacts.read_jsonl(run_dir / "score" / "scored.jsonl")
+    judged = [(r["cdm"], r["correct"]) for r in scored if r.get("correct") is not None]
+    au = auroc([s for s, _ in judged], [y for _, y in judged]) if judged else None
+    return {
+        "model": tr["base_model"] or "embedded SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)",
+        "machine": machine(),
+        "before": ev["base"], "after": ev["tuned"],
+        "selection": {"total": sel["total"], "kept": sel["kept"], "threshold": sel["threshold"],
+                      "prompts_with_kept": sel["prompts_with_kept"]},
+        "method": tr["method"], "trainable_params": tr["trainable_params"], "base_params": tr["base_params"],
+        "train_seconds": tr["train_seconds"], "train_examples": tr["examples"], "final_loss": tr["final_loss"],
+        "cdm_auroc": round(au, 4) if au is not None else None,
+        "cdm_auroc_samples": len(judged),
+        "deep_line": ev["config"]["evaluate"]["deep_line"],
+    }
+
+
+def _fmt(value, fmt: str) -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def verdicts(m: dict) -> list[str]:
+    lines, b, a = [], m["before"], m["after"]
+    for key, label, fmt in ROWS:
+        if key not in HIGHER_IS_BETTER or b.get(key) is None or a.get(key) is None:
+            continue
+        label = label.format(line=m["deep_line"])
+        diff = a[key] - b[key]
+        better = diff > 0 if HIGHER_IS_BETTER[key] else diff < 0
+        if abs(diff) < 1e-9:
+            lines.append(f"- {label}: unchanged ({_fmt(b[key], fmt)}).")
+        else:
+            word = "improved" if better else "got worse"
+            lines.append(f"- {label}: {word}, {_fmt(b[key], fmt)} -> {_fmt(a[key], fmt)}.")
+    au = m["cdm_auroc"]
+    if au is None:
+        lines.append("- CDM vs correctness: not measurable here (no reference answers, or all samples right or all wrong).")
+    else:
+        strength = "well" if au >= 0.75 else "weakly" if au >= 0.6 else "no better than chance" if au > 0.4 else "inversely"
+        lines.append(f"- CDM predicted correctness {strength} on this data: AUROC {au:.2f} over "
+                     f"{m['cdm_auroc_samples']} base-model samples (0.5 = chance).")
+    return lines
+
+
+def render(m: dict) -> str:
+    b, a = m["before"], m["after"]
+    table = ["| metric | before | after |", "|---|---|---|"]
+    for key, label, fmt in ROWS:
+        table.append(f"| {label.format(line=m['deep_line'])} | {_fmt(b.get(key), fmt)} | {_fmt(a.get(key), fmt)} |")
+    s = m["selection"]
+    share = m["trainable_params"] / max(1, m["base_params"])
+    return "\n".join([
+        "# depthtune report", "",
+        f"Model: {m['model']}. Machine: {m['machine']}.", "",
+        f"Selection: kept {s['kept']} of {s['total']} samples (CDM >= {s['threshold']:g}"
+        f"{', correct only' if m['cdm_auroc'] is not None else ''}), from {s['prompts_with_kept']} prompts.",
+        f"Training: {m['method']}, {m['trainable_params']:,} trainable of {m['base_params']:,} parameters "
+        f"({share:.2%}), {m['train_examples']} examples, {m['train_seconds']:.0f} s, final loss {m['final_loss']:.3f}.", "",
+        f"Held-out prompts: {b['samples']} (never trained on), greedy answers.", "",
+        *table, "", "## What changed", "", *verdicts(m), "",
+        "![CDM before and after](cdm.png)", "",
+    ])
+
+
+def plot(run_dir: Path, deep_line: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = [i * 2.5 for i in range(41)]
+    for which, colour in (("base", "tab:gray"), ("tuned", "tab:blue")):
+        rows = artifacts.read_jsonl(Path(run_dir) / "evaluate" / f"{which}.jsonl")
+        ax.hist([r["cdm"] for r in rows], bins=bins, alpha=0.6, color=colour,
+                label=f"{'before' if which == 'base' else 'after'} (n={len(rows)})")
+    ax.axvline(deep_line, color="black", linestyle="--", linewidth=1, label=f"deep line {deep_line:g}")
+    ax.set_xlabel("CDM on held-out prompts")
+    ax.set_ylabel("samples")
+    ax.legend()
+    fig.tight_layout()
+    with artifacts.atomic_path(Path(run_dir) / "cdm.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def run(run_dir: Path) -> dict:
+    m = collect(run_dir)
+    plot(run_dir, m["deep_line"])
+    artifacts.write_text(Path(run_dir) / "report.md", render(m))
+    artifacts.write_json(Path(run_dir) / "metrics.json", m)
+    return m
