@@ -57,7 +57,7 @@ class GenerateConfig:
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 48
-    batch_size: int = 16
+    batch_size: int = 32
     """Sequences per generation batch (prompts x k)."""
     seed: int = 0
 

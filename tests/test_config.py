@@ -1,0 +1,39 @@
+import pytest
+
+from depthtune.config import RunConfig, dump_config, load_config
+from depthtune.errors import DepthtuneError
+
+
+def test_defaults_are_valid_and_round_trip(tmp_path):
+    cfg = load_config()
+    assert cfg.select.threshold == 80 and cfg.evaluate.deep_line == 78
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+def test_set_overrides_and_flags(tmp_path):
+    cfg = load_config(None, ["train.rank=4", "data.suites=[facts]"], **{"select.threshold": 70.0})
+    assert cfg.train.rank == 4 and cfg.data.suites == ["facts"] and cfg.select.threshold == 70
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(DepthtuneError, match="did you mean 'threshold'"):
+        load_config(None, ["select.treshold=3"])
+    with pytest.raises(DepthtuneError, match="did you mean 'train'"):
+        load_config(None, ["trian.rank=3"])
+
+
+@pytest.mark.parametrize("override", ["select.threshold=150", "select.threshold=-1", "generate.temperature=0",
+                                      "generate.k=0", "data.checker=fuzzy", "score.weights={a: 1}"])
+def test_out_of_range_values_are_refused(override):
+    with pytest.raises(DepthtuneError):
+        load_config(None, [override])
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train: [unclosed")
+    with pytest.raises(DepthtuneError, match="not valid YAML"):
+        load_config(p)
+    assert isinstance(RunConfig().to_dict(), dict)
