@@ -47,18 +47,19 @@ class Session:
 
 
 def prepare(run_dir: Path, cfg: RunConfig) -> dict:
-    """Write the resolved config and the train / held-out prompt lists (once)."""
+    """Write the train / held-out prompt lists (once) and the resolved config."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    artifacts.write_text(run_dir / "config.yaml", dump_config(cfg))
     stage_dir = run_dir / "prompts"
     if artifacts.is_done(stage_dir):
-        return artifacts.read_json(artifacts.manifest_path(stage_dir))
-    train_items, held = load_prompts(cfg.data)
-    artifacts.write_jsonl(stage_dir / "train.jsonl", train_items)
-    artifacts.write_jsonl(stage_dir / "eval.jsonl", held)
-    return artifacts.write_manifest(stage_dir, "prompts", cfg.to_dict(), train=len(train_items), eval=len(held),
-                                    with_answers=sum(p["answer"] is not None for p in train_items))
+        manifest = artifacts.read_json(artifacts.manifest_path(stage_dir))
+    else:
+        train_items, held = load_prompts(cfg.data)  # fails before anything is written
+        artifacts.write_jsonl(stage_dir / "train.jsonl", train_items)
+        artifacts.write_jsonl(stage_dir / "eval.jsonl", held)
+        manifest = artifacts.write_manifest(stage_dir, "prompts", cfg.to_dict(), train=len(train_items),
+                                            eval=len(held), with_answers=sum(p["answer"] is not None for p in train_items))
+    artifacts.write_text(run_dir / "config.yaml", dump_config(cfg))
+    return manifest
 
 
 def tuned_model(run_dir: Path, session: Session):
@@ -81,8 +82,7 @@ def run_all(run_dir: Path, cfg: RunConfig, log=print) -> dict:
         timings[name] = round(time.perf_counter() - t, 2)
         return out
 
-    stage("prepare", artifacts.is_done(run_dir / "prompts"), lambda: prepare(run_dir, cfg))
-    prepare(run_dir, cfg)  # keeps config.yaml current even when the prompts exist
+    stage("prepare", False, lambda: prepare(run_dir, cfg))
     stage("generate", artifacts.is_done(run_dir / "generate"), lambda: generate.run(run_dir, cfg, *session.base()))
     stage("score", artifacts.is_done(run_dir / "score"), lambda: score.run(run_dir, cfg, *session.base()))
     stage("evaluate-base", (run_dir / "evaluate" / "base.json").exists(),

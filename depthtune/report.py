@@ -52,7 +52,8 @@ def collect(run_dir: Path) -> dict:
         "machine": machine(),
         "before": ev["base"], "after": ev["tuned"],
         "selection": {"total": sel["total"], "kept": sel["kept"], "threshold": sel["threshold"],
-                      "prompts_with_kept": sel["prompts_with_kept"]},
+                      "prompts_with_kept": sel["prompts_with_kept"],
+                      "correct_only": bool(judged) and sel["config"]["select"]["require_correct"]},
         "method": tr["method"], "trainable_params": tr["trainable_params"], "base_params": tr["base_params"],
         "train_seconds": tr["train_seconds"], "train_examples": tr["examples"], "final_loss": tr["final_loss"],
         "cdm_auroc": round(au, 4) if au is not None else None,
@@ -99,7 +100,7 @@ def render(m: dict) -> str:
         "# depthtune report", "",
         f"Model: {m['model']}. Machine: {m['machine']}.", "",
         f"Selection: kept {s['kept']} of {s['total']} samples (CDM >= {s['threshold']:g}"
-        f"{', correct only' if m['cdm_auroc'] is not None else ''}), from {s['prompts_with_kept']} prompts.",
+        f"{', correct only' if s['correct_only'] else ''}), from {s['prompts_with_kept']} prompts.",
         f"Training: {m['method']}, {m['trainable_params']:,} trainable of {m['base_params']:,} parameters "
         f"({share:.2%}), {m['train_examples']} examples, {m['train_seconds']:.0f} s, final loss {m['final_loss']:.3f}.", "",
         f"Held-out prompts: {b['samples']} (never trained on), greedy answers.", "",
