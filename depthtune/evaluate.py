@@ -34,6 +34,16 @@ def _rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _trim_heap() -> None:
+    """Give freed heap back to the OS, so RSS growth measures this phase, not what came before."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: measure as is
+        pass
+
+
 class PeakMemory:
     """Peak memory of a phase: CUDA allocator peak, or on CPU the model's weights plus the
     peak growth of resident memory above the phase's start (sampled every 20 ms)."""
@@ -44,6 +54,7 @@ class PeakMemory:
 
     def __enter__(self):
         gc.collect()
+        _trim_heap()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.start = self.peak = _rss_mb()

@@ -102,6 +102,8 @@ def sample_all(model, tok, items: list[dict], partial: Path, *, k: int, temperat
     per_chunk = max(1, batch_size // k)
     rows = artifacts.repair_partial(partial)
     done = {r["prompt_id"] for r in rows}
+    if rows:
+        progress(f"  resuming: {len(rows)} samples of {len(done)} prompts already generated")
     seconds = 0.0
     chunks = [items[i:i + per_chunk] for i in range(0, len(items), per_chunk)]
     for c, chunk in enumerate(chunks):

@@ -92,6 +92,8 @@ def score_rows(model, tok, rows: list[dict], cfg: ScoreConfig, partial: Path | N
                progress=print) -> list[dict]:
     """Score rows in batches (sorted by length to limit padding); resumable through `partial`."""
     done = {r["sample_id"]: r for r in (artifacts.repair_partial(partial) if partial else [])}
+    if done:
+        progress(f"  resuming: {len(done)} samples already scored")
     todo = sorted((r for r in rows if r["sample_id"] not in done),
                   key=lambda r: len(r["prompt_ids"]) + len(r["completion_ids"]))
     with eager_attention(model):
