@@ -31,6 +31,38 @@ def auroc(scores: list[float], labels: list[bool]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
+def binomial_two_sided(k: int, n: int) -> float:
+    """Exact two-sided p-value of k successes in n fair coin flips (sign test, exact McNemar)."""
+    if n == 0:
+        return 1.0
+    from math import comb
+
+    tail = sum(comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired(before: list[dict], after: list[dict]) -> dict:
+    """Per-prompt comparison of the two evaluations (same held-out prompts, same order)."""
+    b = {r["prompt_id"]: r for r in before}
+    pairs = [(b[r["prompt_id"]], r) for r in after if r["prompt_id"] in b]
+    judged = [(x["correct"], y["correct"]) for x, y in pairs if x.get("correct") is not None]
+    fixed = sum(1 for x, y in judged if not x and y)
+    broken = sum(1 for x, y in judged if x and not y)
+    up = sum(1 for x, y in pairs if y["cdm"] > x["cdm"])
+    down = sum(1 for x, y in pairs if y["cdm"] < x["cdm"])
+    return {"prompts": len(pairs), "fixed": fixed, "broken": broken,
+            "accuracy_p": round(binomial_two_sided(fixed, fixed + broken), 4) if judged else None,
+            "cdm_up": up, "cdm_down": down, "cdm_p": round(binomial_two_sided(up, up + down), 4)}
+
+
+def by_suite(rows: list[dict]) -> dict:
+    out: dict[str, list] = {}
+    for r in rows:
+        if r.get("correct") is not None:
+            out.setdefault(r.get("suite") or "user", []).append(r["correct"])
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(out.items())}
+
+
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
@@ -46,6 +78,8 @@ def collect(run_dir: Path) -> dict:
     tr = artifacts.read_manifest(run_dir / "train", "train")
     scored = artifacts.read_jsonl(run_dir / "score" / "scored.jsonl")
     judged = [(r["cdm"], r["correct"]) for r in scored if r.get("correct") is not None]
+    base_rows = artifacts.read_jsonl(run_dir / "evaluate" / "base.jsonl")
+    tuned_rows = artifacts.read_jsonl(run_dir / "evaluate" / "tuned.jsonl")
     au = auroc([s for s, _ in judged], [y for _, y in judged]) if judged else None
     return {
         "model": tr["base_model"] or "embedded SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)",
@@ -59,6 +93,8 @@ def collect(run_dir: Path) -> dict:
         "cdm_auroc": round(au, 4) if au is not None else None,
         "cdm_auroc_samples": len(judged),
         "deep_line": ev["config"]["evaluate"]["deep_line"],
+        "paired": paired(base_rows, tuned_rows),
+        "accuracy_by_suite": {"before": by_suite(base_rows), "after": by_suite(tuned_rows)},
     }
 
 
@@ -66,19 +102,34 @@ def _fmt(value, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
+NOISE = 0.05  # relative change in speed or memory below which two runs of one model differ anyway
+
+
 def verdicts(m: dict) -> list[str]:
-    lines, b, a = [], m["before"], m["after"]
+    lines, b, a, pr = [], m["before"], m["after"], m["paired"]
     for key, label, fmt in ROWS:
         if key not in HIGHER_IS_BETTER or b.get(key) is None or a.get(key) is None:
             continue
         label = label.format(line=m["deep_line"])
         diff = a[key] - b[key]
         better = diff > 0 if HIGHER_IS_BETTER[key] else diff < 0
-        if abs(diff) < 1e-9:
-            lines.append(f"- {label}: unchanged ({_fmt(b[key], fmt)}).")
-        else:
-            word = "improved" if better else "got worse"
-            lines.append(f"- {label}: {word}, {_fmt(b[key], fmt)} -> {_fmt(a[key], fmt)}.")
+        change = f"{_fmt(b[key], fmt)} -> {_fmt(a[key], fmt)}"
+        if key in ("ms_per_token", "peak_memory_mb") and abs(diff) <= NOISE * max(abs(b[key]), 1e-9):
+            lines.append(f"- {label}: about the same ({change}; within {NOISE:.0%} measurement noise).")
+            continue
+        word = "unchanged" if abs(diff) < 1e-9 else "improved" if better else "got worse"
+        note = ""
+        if key == "accuracy":
+            sig = "significant" if pr["accuracy_p"] is not None and pr["accuracy_p"] < 0.05 else "not significant"
+            note = (f" ({pr['fixed']} prompts fixed, {pr['broken']} broken; exact McNemar p = {pr['accuracy_p']:.2f}, "
+                    f"{sig} at n = {pr['prompts']})")
+        elif key == "mean_cdm":
+            sig = "significant" if pr["cdm_p"] < 0.05 else "not significant"
+            note = f" (rose on {pr['cdm_up']} prompts, fell on {pr['cdm_down']}; sign test p = {pr['cdm_p']:.3f}, {sig})"
+        lines.append(f"- {label}: {word}, {change}{note}.")
+    if a["mean_cdm"] > b["mean_cdm"] and (pr["accuracy_p"] is None or pr["accuracy_p"] >= 0.05):
+        lines.append("- Depth rose without a significant change in accuracy: the adapter made the model more "
+                     "certain and more stable, which is what CDM measures, more than it made answers right.")
     au = m["cdm_auroc"]
     if au is None:
         lines.append("- CDM vs correctness: not measurable here (no reference answers, or all samples right or all wrong).")
@@ -104,9 +155,17 @@ def render(m: dict) -> str:
         f"Training: {m['method']}, {m['trainable_params']:,} trainable of {m['base_params']:,} parameters "
         f"({share:.2%}), {m['train_examples']} examples, {m['train_seconds']:.0f} s, final loss {m['final_loss']:.3f}.", "",
         f"Held-out prompts: {b['samples']} (never trained on), greedy answers.", "",
-        *table, "", "## What changed", "", *verdicts(m), "",
+        *table, "", "## What changed", "", *verdicts(m), "", *suite_table(m),
         "![CDM before and after](cdm.png)", "",
     ])
+
+
+def suite_table(m: dict) -> list[str]:
+    before, after = m["accuracy_by_suite"]["before"], m["accuracy_by_suite"]["after"]
+    if not before:
+        return []
+    rows = [f"| {k} | {before[k]:.0%} | {after.get(k, 0):.0%} |" for k in before]
+    return ["## Accuracy by suite", "", "| suite | before | after |", "|---|---|---|", *rows, ""]
 
 
 def plot(run_dir: Path, deep_line: float) -> None:
@@ -116,11 +175,13 @@ def plot(run_dir: Path, deep_line: float) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    bins = [i * 2.5 for i in range(41)]
+    scores = {w: [r["cdm"] for r in artifacts.read_jsonl(Path(run_dir) / "evaluate" / f"{w}.jsonl")] for w in ("base", "tuned")}
+    every = scores["base"] + scores["tuned"] + [deep_line]
+    lo, hi = max(0.0, min(every) - 5), min(100.0, max(every) + 5)
+    bins = [lo + i * (hi - lo) / 30 for i in range(31)]
     for which, colour in (("base", "tab:gray"), ("tuned", "tab:blue")):
-        rows = artifacts.read_jsonl(Path(run_dir) / "evaluate" / f"{which}.jsonl")
-        ax.hist([r["cdm"] for r in rows], bins=bins, alpha=0.6, color=colour,
-                label=f"{'before' if which == 'base' else 'after'} (n={len(rows)})")
+        ax.hist(scores[which], bins=bins, alpha=0.6, color=colour,
+                label=f"{'before' if which == 'base' else 'after'} (n={len(scores[which])})")
     ax.axvline(deep_line, color="black", linestyle="--", linewidth=1, label=f"deep line {deep_line:g}")
     ax.set_xlabel("CDM on held-out prompts")
     ax.set_ylabel("samples")
