@@ -78,14 +78,32 @@ def print_table(metrics: dict) -> None:
 def run_stage(name: str, run_dir: Path, cfg: RunConfig, redo: bool) -> None:
     import shutil
 
-    from . import evaluate, generate, merge, pipeline, report, score, select, train
-
     stage_dir = run_dir / name
+    backup = run_dir / f".{name}.before-redo"
     if redo and stage_dir.exists():
-        shutil.rmtree(stage_dir)
+        shutil.rmtree(backup, ignore_errors=True)
+        stage_dir.rename(backup)  # put back if the redo fails: a failed redo loses nothing
+        later = [s for s in STAGES[STAGES.index(name) + 1:] if artifacts.is_done(run_dir / s)]
+        if later:
+            print(f"[{name}] note: {', '.join(later)} were made from the old {name} output; "
+                  f"redo them too (`depthtune <stage> --redo`)")
     if name != "report" and artifacts.is_done(stage_dir):
         print(f"[{name}] already finished in {run_dir}; pass --redo to run it again")
         return
+    try:
+        _run_one(name, run_dir, cfg)
+    except BaseException:
+        if backup.exists():
+            shutil.rmtree(stage_dir, ignore_errors=True)
+            backup.rename(stage_dir)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+    print(f"[{name}] done -> {stage_dir if name != 'report' else run_dir / 'report.md'}")
+
+
+def _run_one(name: str, run_dir: Path, cfg: RunConfig) -> None:
+    from . import evaluate, generate, merge, pipeline, report, score, select, train
+
     pipeline.prepare(run_dir, cfg)
     session = pipeline.Session(cfg)
     if name in ("generate", "score"):
@@ -104,7 +122,6 @@ def run_stage(name: str, run_dir: Path, cfg: RunConfig, redo: bool) -> None:
         evaluate.finish(run_dir, cfg)
     elif name == "report":
         print_table(report.run(run_dir))
-    print(f"[{name}] done -> {stage_dir if name != 'report' else run_dir / 'report.md'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     try:
         cfg = resolve_config(args)
+        from .models import resolve
+
+        resolve(cfg.model.name)  # a missing model path fails here, before anything is written
         run_dir = Path(args.run_dir)
         if args.command == "run":
             from .pipeline import run_all

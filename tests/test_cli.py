@@ -51,6 +51,14 @@ def test_stage_commands_one_by_one_on_a_user_file(tiny_model_dir, tmp_path, prom
     assert all(s["correct"] in (True, False) for s in scored)
     assert json.loads((run_dir / "metrics.json").read_text())["before"]["accuracy"] is not None
 
+    # a redo that fails puts the finished output back; one that succeeds notes the stale later stages
+    before = (run_dir / "select" / "selected.jsonl").read_text()
+    assert main(["select", "--run-dir", str(run_dir), "--redo", "--threshold", "99.9"]) == 2
+    assert (run_dir / "select" / "selected.jsonl").read_text() == before and artifacts.is_done(run_dir / "select")
+    capsys.readouterr()
+    assert main(["select", "--run-dir", str(run_dir), "--redo", "--threshold", "0"]) == 0
+    assert "train, merge, evaluate were made from the old select output" in capsys.readouterr().out
+
 
 def test_selection_that_keeps_nothing_stops_cleanly_and_can_be_rerun(tiny_model_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
