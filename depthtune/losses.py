@@ -1,0 +1,181 @@
+"""Distillation losses: pure functions of tensors, no trainer state.
+
+    loss = (1 - alpha) * CE(student, labels) + alpha * tau^2 * D(teacher_tau || student_tau)
+
+D is forward KL, reverse KL or the generalised Jensen-Shannon divergence of Agarwal et al.
+(GKD, as in TRL): JSD_beta = beta * KL(p_t || m) + (1 - beta) * KL(p_s || m),
+m = beta * p_t + (1 - beta) * p_s, with beta = 0 meaning forward KL(p_t || p_s) and
+beta = 1 reverse KL(p_s || p_t) (the mixture degenerates there, so the endpoints are
+defined as the two KLs). Temperature tau divides both models' logits; the tau^2 factor
+keeps the soft-target gradients on the scale of the hard ones (Hinton et al., 2015).
+Positions whose label is -100 (prompt, padding) count in neither term; the loss is the
+mean over the remaining tokens.
+
+Three entry points:
+- kd_loss: from full logits [N, V]; the simple version, for small sizes.
+- sparse_kd_loss: the teacher given as top-k ids and log-probs (a cached teacher); the
+  teacher's leftover mass 1 - sum(top-k) is one extra "tail" bucket, and the student's
+  distribution is folded onto the same k + 1 buckets.
+- chunked_kd_loss: from hidden states and the LM-head weights. Logits are made chunk by
+  chunk and each chunk's gradient is taken at once, so neither model's [N, V] logits
+  exist in full at any time. PyTorch and transformers have no such fused head+loss on
+  CPU (Liger's kernels are Triton/GPU only), hence this hand-written autograd Function.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+KINDS = ("forward_kl", "reverse_kl", "jsd")
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    """Half precision -> fp32 for the softmax maths; fp32 and fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """[N, K] x2 -> [N]: KL(p || q) from log-probs, 0 * log 0 taken as 0."""
+    p = logp.exp()
+    return (p * (logp - logq)).masked_fill(p == 0, 0.0).sum(-1)
+
+
+def divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, kind: str = "forward_kl",
+               beta: float = 0.5) -> torch.Tensor:
+    """[N, K] student and teacher log-probs over the same K outcomes -> [N] divergence."""
+    if kind == "forward_kl" or (kind == "jsd" and beta == 0):
+        return _kl(teacher_logp, student_logp)
+    if kind == "reverse_kl" or (kind == "jsd" and beta == 1):
+        return _kl(student_logp, teacher_logp)
+    if kind != "jsd":
+        raise ValueError(f"unknown divergence {kind!r}; use one of {KINDS}")
+    if not 0 < beta < 1:
+        raise ValueError("jsd beta must be in [0, 1]")
+    mix = torch.logsumexp(torch.stack([teacher_logp + math.log(beta), student_logp + math.log(1 - beta)]), dim=0)
+    return beta * _kl(teacher_logp, mix) + (1 - beta) * _kl(student_logp, mix)
+
+
+def _check(tau: float, alpha: float) -> None:
+    if tau <= 0:
+        raise ValueError(f"temperature must be > 0, got {tau}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+
+
+def _token_losses(student_logits: torch.Tensor, teacher_logp_tau: torch.Tensor, labels: torch.Tensor, *,
+                  kind: str, tau: float, alpha: float, beta: float, fold=None) -> torch.Tensor:
+    """Sum over the valid tokens of one chunk. [n, V] student logits, teacher log-probs at tau
+    (over V, or over the k + 1 buckets when `fold` maps student log-probs onto them)."""
+    valid = labels != IGNORE
+    z = _up(student_logits)
+    total = z.new_zeros(())
+    if alpha < 1:
+        ce = F.cross_entropy(z, labels.clamp_min(0), reduction="none")
+        total = total + (1 - alpha) * (ce * valid).sum()
+    if alpha > 0:
+        s_logp = F.log_softmax(z / tau, dim=-1)
+        if fold is not None:
+            s_logp = fold(s_logp)
+        d = divergence(s_logp, teacher_logp_tau, kind, beta)
+        total = total + alpha * tau**2 * (d * valid).sum()
+    return total
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
+            kind: str = "forward_kl", tau: float = 1.0, alpha: float = 0.5, beta: float = 0.5) -> torch.Tensor:
+    """[N, V] student and teacher logits, [N] labels -> scalar mean loss over valid tokens."""
+    _check(tau, alpha)
+    t_logp = F.log_softmax(_up(teacher_logits.detach()) / tau, dim=-1)
+    total = _token_losses(student_logits, t_logp, labels, kind=kind, tau=tau, alpha=alpha, beta=beta)
+    return total / (labels != IGNORE).sum().clamp_min(1)
+
+
+def bucket_teacher(top_ids: torch.Tensor, top_logp: torch.Tensor, tau: float) -> torch.Tensor:
+    """[N, k] ids and log-probs (tau = 1) -> [N, k + 1] teacher log-probs over top-k + tail at tau.
+
+    The tail bucket holds 1 - sum(top-k). Tempering p_b^(1/tau), renormalised over the buckets,
+    is exact at tau = 1 and treats the tail as one outcome otherwise (the cached top-k cannot
+    say how the tail would spread).
+    """
+    top = _up(top_logp)
+    tail = torch.log1p(-top.exp().sum(-1).clamp(max=1 - 1e-6)).unsqueeze(-1)
+    return F.log_softmax(torch.cat([top, tail], dim=-1) / tau, dim=-1)
+
+
+def fold_student(student_logp: torch.Tensor, top_ids: torch.Tensor) -> torch.Tensor:
+    """[N, V] student log-probs -> [N, k + 1]: the teacher's top-k ids, then everything else."""
+    top = student_logp.gather(-1, top_ids.long())
+    rest = torch.log1p(-top.exp().sum(-1).clamp(max=1 - 1e-6)).unsqueeze(-1)
+    return torch.cat([top, rest], dim=-1)
+
+
+def sparse_kd_loss(student_logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tensor,
+                   labels: torch.Tensor, *, kind: str = "forward_kl", tau: float = 1.0, alpha: float = 0.5,
+                   beta: float = 0.5) -> torch.Tensor:
+    """[N, V] student logits, teacher [N, k] top ids and log-probs, [N] labels -> scalar."""
+    _check(tau, alpha)
+    t_logp = bucket_teacher(top_ids, top_logp, tau)
+    total = _token_losses(student_logits, t_logp, labels, kind=kind, tau=tau, alpha=alpha, beta=beta,
+                          fold=lambda s: fold_student(s, top_ids))
+    return total / (labels != IGNORE).sum().clamp_min(1)
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """Loss of a linear LM head + distillation loss, gradients computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, teacher_chunk, chunk, opts):
+        grad_h = torch.zeros_like(hidden)
+        grad_w = torch.zeros_like(weight) if weight.requires_grad else None
+        total = hidden.new_zeros((), dtype=_up(hidden).dtype)
+        for start in range(0, hidden.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            y = labels[sl]
+            if not (y != IGNORE).any():
+                continue
+            h = hidden[sl].detach()
+            with torch.enable_grad():
+                z = (h @ weight.detach().T).requires_grad_(True)  # [c, V], the only logits alive
+                t_logp, fold = teacher_chunk(sl)
+                loss = _token_losses(z, t_logp, y, fold=fold, **opts)
+                (g,) = torch.autograd.grad(loss, z)
+            total += loss.detach()
+            g = g.to(weight.dtype)
+            grad_h[sl] = g @ weight
+            if grad_w is not None:
+                grad_w += g.T @ h
+        ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0))
+        ctx.has_w = grad_w is not None
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, (grad_w * grad_out if ctx.has_w else None), None, None, None, None
+
+
+def chunked_kd_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                    teacher_hidden: torch.Tensor | None = None, teacher_weight: torch.Tensor | None = None,
+                    top_ids: torch.Tensor | None = None, top_logp: torch.Tensor | None = None,
+                    kind: str = "forward_kl", tau: float = 1.0, alpha: float = 0.5, beta: float = 0.5,
+                    chunk: int = 512) -> torch.Tensor:
+    """Student [N, D] hidden states and [V, D] head weight, [N] labels; the teacher as hidden
+    states + head weight (online) or as top-k ids + log-probs (cached). -> scalar mean loss."""
+    _check(tau, alpha)
+    if (teacher_hidden is None) == (top_ids is None):
+        raise ValueError("give the teacher either as teacher_hidden + teacher_weight or as top_ids + top_logp")
+
+    def teacher_chunk(sl):
+        if top_ids is not None:
+            ids = top_ids[sl]
+            return bucket_teacher(ids, top_logp[sl], tau), (lambda s: fold_student(s, ids))
+        with torch.no_grad():
+            zt = teacher_hidden[sl].to(teacher_weight.dtype) @ teacher_weight.T
+            return F.log_softmax(_up(zt) / tau, dim=-1), None
+
+    opts = dict(kind=kind, tau=tau, alpha=alpha, beta=beta)
+    total = _ChunkedHeadLoss.apply(hidden, weight, labels, teacher_chunk, chunk, opts)
+    return total / (labels != IGNORE).sum().clamp_min(1)
