@@ -25,6 +25,11 @@ FLAGS = {  # CLI flag -> config key
     "k": "generate.k", "threshold": "select.threshold", "rank": "train.rank", "epochs": "train.epochs",
     "full": "train.full",
 }
+COMPARE_FLAGS = {
+    "teacher": "distill.teacher", "student": "distill.student", "student_layers": "distill.student_layers",
+    "online": "distill.online", "temperature": "distill.temperature", "priority": "distill.priority",
+    "calls_per_day": "distill.calls_per_day", "method": "distill.method",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "train a LoRA on them, merge it, and measure before and after.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run",) + STAGES:
-        p = sub.add_parser(name, help="all stages in order" if name == "run" else f"the {name} stage only")
-        p.add_argument("--run-dir", default="runs/depthtune", help="run directory (default runs/depthtune)")
+    for name in ("run",) + STAGES + ("compare",):
+        helps = {"run": "all stages in order", "compare": "teacher vs student: alone, distilled, untouched"}
+        p = sub.add_parser(name, help=helps.get(name, f"the {name} stage only"))
+        default_dir = "runs/compare" if name == "compare" else "runs/depthtune"
+        p.add_argument("--run-dir", default=default_dir, help=f"run directory (default {default_dir})")
         p.add_argument("--config", help="YAML config (default: <run-dir>/config.yaml if present)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.rank=8")
         p.add_argument("--model", help="HF model id, model directory or .gguf file (default: embedded SmolLM2)")
@@ -50,15 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rank", type=int, help="LoRA rank")
         p.add_argument("--epochs", type=float)
         p.add_argument("--full", action="store_true", default=None, help="full fine-tuning instead of LoRA")
-        if name != "run":
+        if name not in ("run", "compare"):
             p.add_argument("--redo", action="store_true", help="discard this stage's output and run it again")
+        if name == "compare":
+            p.add_argument("--teacher", help="teacher model (default: the embedded SmolLM2-135M-Instruct)")
+            p.add_argument("--student", help="student model sharing the tokenizer (default: the teacher pruned)")
+            p.add_argument("--student-layers", type=int, help="layers a pruned student keeps (default: half)")
+            p.add_argument("--method", choices=("full", "lora"), help="how students are trained (default full)")
+            p.add_argument("--online", action="store_true", default=None, help="run the teacher on every batch "
+                           "instead of caching its top-k log-probs")
+            p.add_argument("--temperature", type=float, help="soft-target temperature (default 2)")
+            p.add_argument("--priority", choices=("accuracy", "latency", "budget"), help="what the decision optimises")
+            p.add_argument("--calls-per-day", type=int, help="answers per day, for the compute cost")
     return parser
 
 
 def resolve_config(args) -> RunConfig:
     run_dir = Path(args.run_dir)
     path = args.config or (run_dir / "config.yaml" if (run_dir / "config.yaml").exists() else None)
-    flags = {key: getattr(args, flag) for flag, key in FLAGS.items()}
+    flags = {key: getattr(args, flag, None) for flag, key in {**FLAGS, **COMPARE_FLAGS}.items()}
     return load_config(path, args.set, **flags)
 
 
@@ -141,6 +158,15 @@ def main(argv: list[str] | None = None) -> int:
             metrics = run_all(run_dir, cfg)
             print_table(metrics)
             print(f"\nreport: {run_dir / 'report.md'}")
+        elif args.command == "compare":
+            from .compare import run_compare
+            from .decide import render
+
+            resolve(cfg.distill.teacher)
+            if cfg.distill.student:
+                resolve(cfg.distill.student)
+            print("\n" + render(run_compare(run_dir, cfg)))
+            print(f"report: {run_dir / 'compare.md'}")
         else:
             run_stage(args.command, run_dir, cfg, args.redo)
         return 0

@@ -60,6 +60,8 @@ class GenerateConfig:
     batch_size: int = 32
     """Sequences per generation batch (prompts x k)."""
     seed: int = 0
+    topk: int = 0
+    """Store the model's top-k next-token log-probs per generated token (cached teacher); 0 = off."""
 
 
 @dataclass
@@ -103,6 +105,39 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str | None = None
+    """Teacher model (HF id, dir or .gguf); None = the embedded SmolLM2-135M-Instruct."""
+    student: str | None = None
+    """Student model sharing the teacher's tokenizer; None = the teacher pruned to student_layers."""
+    student_layers: int | None = None
+    """Decoder layers a pruned student keeps (first, last, evenly between); None = half the teacher's."""
+    method: str = "full"
+    """full or lora: how the student is trained (a pruned student needs full fine-tuning to heal)."""
+    kind: str = "forward_kl"
+    """forward_kl, reverse_kl or jsd (generalised JSD with beta)."""
+    temperature: float = 2.0
+    alpha: float = 0.5
+    """Weight of the soft-target term; 1 - alpha goes to cross-entropy on the targets."""
+    beta: float = 0.5
+    """JSD interpolation: 0 = forward KL, 1 = reverse KL."""
+    online: bool = False
+    """Run the teacher beside the student on every batch instead of reading cached top-k rows."""
+    topk: int = 20
+    """Teacher log-probs cached per token when not online."""
+    chunk: int = 512
+    """Tokens per chunk of the loss (memory vs speed)."""
+    threshold: float = 0.0
+    """CDM line for the teacher's samples used as targets (0 = the correctness filter alone)."""
+    k: int = 2
+    """Teacher samples per training prompt."""
+    priority: str = "accuracy"
+    """What the deployment decision optimises: accuracy, latency or budget (training time)."""
+    calls_per_day: int = 100_000
+    """Expected answers per day, for the compute-cost line of the decision."""
+
+
+@dataclass
 class EvaluateConfig:
     max_new_tokens: int = 48
     temperature: float = 0.0
@@ -122,6 +157,7 @@ class RunConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -185,6 +221,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(0 < cfg.generate.top_p <= 1, "generate.top_p must be in (0, 1]")
     need(cfg.generate.max_new_tokens >= 1 and cfg.evaluate.max_new_tokens >= 1, "max_new_tokens must be at least 1")
     need(cfg.evaluate.temperature >= 0, "evaluate.temperature must be >= 0 (0 = greedy)")
+    need(cfg.generate.topk >= 0, "generate.topk must be >= 0 (0 = no cached teacher logits)")
     need(cfg.score.noise >= 0, "score.noise must be >= 0")
     need(set(cfg.score.weights) == set(ScoreConfig().weights) and all(v >= 0 for v in cfg.score.weights.values())
          and sum(cfg.score.weights.values()) > 0,
@@ -195,6 +232,17 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(cfg.train.rank >= 1 and cfg.train.epochs > 0 and cfg.train.batch_size >= 1, "train.rank, epochs and batch_size must be positive")
     need(0 <= cfg.train.dropout < 1, "train.dropout must be in [0, 1)")
     need(cfg.model.dtype in ("auto", "float32", "bfloat16", "float16"), f"unknown dtype '{cfg.model.dtype}'")
+    d = cfg.distill
+    need(d.temperature > 0, f"distill.temperature must be > 0, got {d.temperature}")
+    need(0 <= d.alpha <= 1 and 0 <= d.beta <= 1, "distill.alpha and distill.beta must be in [0, 1]")
+    need(d.kind in ("forward_kl", "reverse_kl", "jsd"), f"unknown distill.kind '{d.kind}'; use forward_kl, reverse_kl or jsd")
+    need(d.method in ("full", "lora"), f"unknown distill.method '{d.method}'; use full or lora")
+    need(d.student_layers is None or d.student_layers >= 1,
+         f"pruning to {d.student_layers} layers leaves no layer; keep at least 1 (--student-layers)")
+    need(d.priority in ("accuracy", "latency", "budget"), f"unknown priority '{d.priority}'; use accuracy, latency or budget")
+    need(0 <= d.threshold <= 100, f"distill.threshold {d.threshold} is outside 0-100")
+    need(d.k >= 1 and d.calls_per_day >= 0, "distill.k must be at least 1 and calls_per_day not negative")
+    need(d.topk >= 1 and d.chunk >= 1, "distill.topk and distill.chunk must be at least 1")
     need(cfg.select.max_per_prompt is None or cfg.select.max_per_prompt >= 1, "select.max_per_prompt must be at least 1")
     return cfg
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from . import artifacts
 from .config import RunConfig
+from .teacher_cache import topk_rows, write_shard
 
 PROMPT_KEYS = ("answer", "checker", "suite", "category", "level")
 
@@ -56,8 +57,12 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 
 @torch.no_grad()
 def sample_chunk(model, tok, items: list[dict], *, k: int, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int, system_prompt: str | None) -> tuple[list[dict], float]:
-    """Generate k completions for each item. -> (sample rows, wall seconds)."""
+                 max_new_tokens: int, seed: int, system_prompt: str | None,
+                 topk: int = 0) -> tuple[list[dict], float, list]:
+    """Generate k completions for each item.
+
+    -> (sample rows, wall seconds, per-sample (ids, logp) top-k teacher rows when topk > 0).
+    """
     device = next(model.parameters()).device
     prompts = [prompt_ids(tok, it, system_prompt) for it in items]
     input_ids, mask = left_pad(prompts, tok.pad_token_id, device)
@@ -74,7 +79,7 @@ def sample_chunk(model, tok, items: list[dict], *, k: int, temperature: float, t
     new = out.sequences[:, input_ids.shape[1]:].cpu()  # [B*k, steps]
     logits = torch.stack(out.logits, dim=1).float()  # [B*k, steps, V] raw, before temperature/top-p
     logprobs = F.log_softmax(logits, -1).gather(-1, new.unsqueeze(-1).to(logits.device)).squeeze(-1).cpu()
-    stops, rows = stop_ids(model, tok), []
+    stops, rows, cached = stop_ids(model, tok), [], []
     for r in range(new.shape[0]):
         item, j = items[r // k], r % k
         seq = new[r].tolist()
@@ -89,14 +94,18 @@ def sample_chunk(model, tok, items: list[dict], *, k: int, temperature: float, t
             "logprobs": [round(x, 5) for x in logprobs[r, :end].tolist()],
             "finished": end < len(seq),
         })
-    return rows, seconds
+        if topk:  # one row per completion token, plus the step that chose eos when it stopped
+            cached.append(topk_rows(logits[r, :end + 1 if end < len(seq) else end], topk))
+    return rows, seconds, cached
 
 
 def sample_all(model, tok, items: list[dict], partial: Path, *, k: int, temperature: float, top_p: float,
                max_new_tokens: int, batch_size: int, seed: int, system_prompt: str | None = None,
-               progress: Callable[[str], None] = print) -> tuple[list[dict], float]:
+               topk: int = 0, progress: Callable[[str], None] = print) -> tuple[list[dict], float]:
     """Sample every item in seeded chunks, appending each finished chunk to `partial`.
 
+    With topk > 0 each chunk's teacher top-k rows go to <partial's folder>/topk/chunk-NNNNN.safetensors,
+    written before the chunk's rows are appended, so a resumed chunk rewrites its own shard.
     -> (all rows in prompt order, generation seconds spent in this call).
     """
     per_chunk = max(1, batch_size // k)
@@ -109,8 +118,12 @@ def sample_all(model, tok, items: list[dict], partial: Path, *, k: int, temperat
     for c, chunk in enumerate(chunks):
         if all(it["id"] in done for it in chunk):
             continue
-        new, secs = sample_chunk(model, tok, chunk, k=k, temperature=temperature, top_p=top_p,
-                                 max_new_tokens=max_new_tokens, seed=seed * 1_000_003 + c, system_prompt=system_prompt)
+        new, secs, cached = sample_chunk(model, tok, chunk, k=k, temperature=temperature, top_p=top_p,
+                                         max_new_tokens=max_new_tokens, seed=seed * 1_000_003 + c,
+                                         system_prompt=system_prompt, topk=topk)
+        if topk:
+            write_shard(partial.parent / "topk" / f"chunk-{c:05d}.safetensors", [r["sample_id"] for r in new],
+                        cached, model.config.vocab_size)
         artifacts.append_jsonl(partial, new)
         rows += new
         seconds += secs
@@ -128,10 +141,13 @@ def run(run_dir: Path, cfg: RunConfig, model, tok) -> dict:
     g = cfg.generate
     rows, seconds = sample_all(model, tok, items, stage_dir / "samples.partial.jsonl", k=g.k,
                                temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
-                               batch_size=g.batch_size, seed=g.seed, system_prompt=cfg.data.system_prompt)
+                               batch_size=g.batch_size, seed=g.seed, system_prompt=cfg.data.system_prompt, topk=g.topk)
     artifacts.write_jsonl(stage_dir / "samples.jsonl", rows)
     tokens = sum(len(r["completion_ids"]) for r in rows)
+    cache_bytes = sum(p.stat().st_size for p in (stage_dir / "topk").glob("*.safetensors")) if g.topk else 0
     manifest = artifacts.write_manifest(stage_dir, "generate", cfg.to_dict(), prompts=len(items), samples=len(rows),
-                                        completion_tokens=tokens, seconds=round(seconds, 2))
+                                        completion_tokens=tokens, seconds=round(seconds, 2), topk=g.topk,
+                                        topk_bytes=cache_bytes,
+                                        topk_bytes_per_token=round(cache_bytes / max(1, tokens), 1) if g.topk else None)
     (stage_dir / "samples.partial.jsonl").unlink(missing_ok=True)
     return manifest

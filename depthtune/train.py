@@ -67,9 +67,12 @@ class _Elapsed:
         artifacts.write_json(self.path, {"seconds": self.total()})
 
 
-def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print):
+def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print, trainer_cls=None,
+        examples: list | None = None, collate_fn=None, **trainer_kwargs):
     """Train `model` (already LoRA-wrapped or not) on rows; checkpoints in out_dir/checkpoints.
 
+    trainer_cls / examples / collate_fn / trainer_kwargs let distillation swap the loss
+    (depthtune.distill) while keeping this loop, its checkpoints and resume.
     -> (model, seconds, final loss).
     """
     from datasets import Dataset
@@ -97,9 +100,11 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
         def on_save(self, args, state, control, **kw):
             elapsed.save()
 
-    examples = [build_example(r, tok.eos_token_id) for r in rows]
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                      data_collator=lambda b: collate(b, tok.pad_token_id), callbacks=[Progress()])
+    if examples is None:
+        examples = Dataset.from_list([build_example(r, tok.eos_token_id) for r in rows])
+    trainer = (trainer_cls or Trainer)(model=model, args=args, train_dataset=examples,
+                                       data_collator=collate_fn or (lambda b: collate(b, tok.pad_token_id)),
+                                       callbacks=[Progress()], **trainer_kwargs)
     trainer.remove_callback(PrinterCallback)  # Progress prints the one line we want
     last = get_last_checkpoint(str(ckpt_dir))
     if last:

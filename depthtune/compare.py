@@ -1,0 +1,143 @@
+"""`depthtune compare`: teacher, student untouched, student trained alone, student distilled.
+
+prepare -> student (given or pruned; checked) -> teacher generate (+ cached top-k) -> score -> select
+        -> train alone (reference answers, cross-entropy) -> train distilled (teacher's samples,
+           soft targets) -> evaluate all four on the held-out prompts -> compare.md / compare.json
+
+Layout of <run>: the depthtune run stages (prompts, generate, score, select, evaluate) plus
+student/, alone/, distilled/ (each a model dir + manifest) and compare.{md,json}.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+from pathlib import Path
+
+from . import artifacts, evaluate, generate, models, score, select
+from .config import RunConfig
+from .errors import DepthtuneError
+from .pipeline import Session, prepare
+from .students import prune_layers, shared_vocab_size
+from .train import fit, wrap_lora
+
+MODELS = ("teacher", "student", "alone", "distilled")
+
+
+def teacher_config(cfg: RunConfig) -> RunConfig:
+    """The teacher-side settings: the distill section decides teacher, k, top-k and the CDM line."""
+    t = copy.deepcopy(cfg)
+    t.model.name = cfg.distill.teacher
+    t.generate.k = cfg.distill.k
+    t.generate.topk = 0 if cfg.distill.online else cfg.distill.topk
+    t.select.threshold = cfg.distill.threshold
+    return t
+
+
+def reference_rows(run_dir: Path, tok, system_prompt) -> list[dict]:
+    """Training rows for the student alone: each training prompt with its reference answer."""
+    rows = []
+    for item in artifacts.read_jsonl(Path(run_dir) / "prompts" / "train.jsonl"):
+        if item.get("answer") is None:
+            continue
+        rows.append({"sample_id": f"{item['id']}#ref", "prompt_ids": generate.prompt_ids(tok, item, system_prompt),
+                     "completion_ids": tok(item["answer"], add_special_tokens=False)["input_ids"], "finished": True})
+    if not rows:
+        raise DepthtuneError("the prompts carry no reference answers, so there is no 'student alone' to compare with; "
+                             "give --answer-field")
+    return rows
+
+
+def build_student(run_dir: Path, cfg: RunConfig, teacher, tok) -> dict:
+    stage = Path(run_dir) / "student"
+    d = cfg.distill
+    if d.student:
+        student, s_tok = models.load_model(d.student, cfg.model.dtype, cfg.model.device), models.load_tokenizer(d.student)
+    else:
+        keep = teacher.config.num_hidden_layers // 2 if d.student_layers is None else d.student_layers
+        student, s_tok = prune_layers(teacher, keep), tok
+    plan = getattr(student.config, "pruned_from_layers", None)
+    t_params, s_params = models.count_params(teacher), models.count_params(student)
+    if s_params >= t_params:
+        raise DepthtuneError(f"the teacher ({t_params:,} parameters) is not larger than the student "
+                             f"({s_params:,}); swap them or pick a smaller student")
+    vocab = shared_vocab_size(tok, s_tok, teacher.get_output_embeddings().weight.shape[0],
+                              student.get_output_embeddings().weight.shape[0])
+    with artifacts.atomic_path(stage / "model") as tmp:
+        student.save_pretrained(tmp, safe_serialization=True)
+        s_tok.save_pretrained(tmp)
+    return artifacts.write_manifest(stage, "student", cfg.to_dict(), source=d.student or "pruned teacher",
+                                    layers_kept=plan, params=s_params, teacher_params=t_params, shared_vocab=vocab)
+
+
+def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], teacher=None, log=print) -> dict:
+    """Train a fresh copy of the untouched student on rows: plain CE (alone) or soft targets (distilled)."""
+    from .distill import DistillTrainer, kd_collate, kd_examples
+    from .teacher_cache import check_matches, load_cache
+
+    run_dir = Path(run_dir)
+    stage = run_dir / name
+    s_manifest = artifacts.read_manifest(run_dir / "student", "student")
+    path = str(run_dir / "student" / "model")
+    student, tok = models.load_model(path, cfg.model.dtype, cfg.model.device), models.load_tokenizer(path)
+    tcfg = dataclasses.replace(cfg.train, full=cfg.distill.method == "full")
+    student = student if tcfg.full else wrap_lora(student, tcfg)
+    student.train()
+    kwargs = {}
+    if name == "distilled":
+        cache = None
+        if teacher is None:
+            cache = load_cache(run_dir / "generate" / "topk")
+            check_matches(cache, rows)
+        kwargs = dict(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache),
+                      collate_fn=lambda b: kd_collate(b, tok.pad_token_id), kd=cfg.distill, teacher=teacher,
+                      vocab=s_manifest["shared_vocab"])
+    model, seconds, loss = fit(student, tok, rows, tcfg, stage, log=log, **kwargs)
+    model = model if tcfg.full else model.merge_and_unload()
+    with artifacts.atomic_path(stage / "model") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    shutil.rmtree(stage / "checkpoints", ignore_errors=True)
+    return artifacts.write_manifest(stage, name, cfg.to_dict(), examples=len(rows), train_seconds=round(seconds, 2),
+                                    final_loss=round(float(loss), 5), method=cfg.distill.method,
+                                    teacher="online" if teacher is not None else ("cached top-k" if name == "distilled" else None))
+
+
+def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
+    from .decide import write_report
+
+    run_dir = Path(run_dir)
+    tcfg = teacher_config(cfg)
+    session = Session(tcfg, log)
+
+    def once(name: str, done: bool, fn):
+        if done:
+            log(f"[{name}] already finished, skipped")
+            return None
+        log(f"[{name}]")
+        return fn()
+
+    once("prepare", False, lambda: prepare(run_dir, tcfg))
+    # the student first: its size and vocabulary checks fail before any teacher generation is spent
+    once("student", artifacts.is_done(run_dir / "student"), lambda: build_student(run_dir, tcfg, *session.base()))
+    once("generate", artifacts.is_done(run_dir / "generate"), lambda: generate.run(run_dir, tcfg, *session.base()))
+    once("score", artifacts.is_done(run_dir / "score"), lambda: score.run(run_dir, tcfg, *session.base()))
+    once("select", artifacts.is_done(run_dir / "select"), lambda: select.run(run_dir, tcfg))
+    once("evaluate-teacher", (run_dir / "evaluate" / "teacher.json").exists(),
+         lambda: evaluate.evaluate_model(run_dir, tcfg, "teacher", *session.base(), log=log))
+    teacher = session.base()[0] if cfg.distill.online else None
+    if teacher is None:
+        session._model = None  # the cached top-k rows stand in for the teacher from here on
+    tok = session.tokenizer()
+    once("alone", artifacts.is_done(run_dir / "alone"),
+         lambda: train_student(run_dir, tcfg, "alone", reference_rows(run_dir, tok, cfg.data.system_prompt), log=log))
+    once("distilled", artifacts.is_done(run_dir / "distilled"),
+         lambda: train_student(run_dir, tcfg, "distilled",
+                               artifacts.read_jsonl(run_dir / "select" / "selected.jsonl"), teacher, log=log))
+    session._model = teacher = None
+    for name, folder in (("student", "student"), ("alone", "alone"), ("distilled", "distilled")):
+        if not (run_dir / "evaluate" / f"{name}.json").exists():
+            path = str(run_dir / folder / "model")
+            pair = models.load_model(path, cfg.model.dtype, cfg.model.device), models.load_tokenizer(path)
+            once(f"evaluate-{name}", False, lambda: evaluate.evaluate_model(run_dir, tcfg, name, *pair, log=log))
+    return write_report(run_dir, cfg)
