@@ -19,6 +19,7 @@ from .config import RunConfig
 from .errors import DepthtuneError
 from .pipeline import Session, prepare
 from .students import prune_layers, shared_vocab_size
+from .targets import ANSWER, COT_SYSTEM, student_rows
 from .train import fit, wrap_lora
 
 MODELS = ("teacher", "student", "alone", "distilled")
@@ -31,7 +32,19 @@ def teacher_config(cfg: RunConfig) -> RunConfig:
     t.generate.k = cfg.distill.k
     t.generate.topk = 0 if cfg.distill.online else cfg.distill.topk
     t.select.threshold = cfg.distill.threshold
+    if cfg.distill.targets != "answers":  # the teacher is asked to reason before answering
+        t.data.system_prompt = COT_SYSTEM
     return t
+
+
+def student_config(cfg: RunConfig) -> RunConfig:
+    """The student side: plain prompts (no chain-of-thought instruction); no soft targets for
+    modes whose targets are not the teacher's own tokens."""
+    s = copy.deepcopy(teacher_config(cfg))
+    s.data.system_prompt = cfg.data.system_prompt
+    if cfg.distill.targets in ("answer_only", "step_by_step"):
+        s.distill.alpha = 0.0
+    return s
 
 
 def reference_rows(run_dir: Path, tok, system_prompt) -> list[dict]:
@@ -70,6 +83,15 @@ def build_student(run_dir: Path, cfg: RunConfig, teacher, tok) -> dict:
                                     layers_kept=plan, params=s_params, teacher_params=t_params, shared_vocab=vocab)
 
 
+def curriculum_order(rows: list[dict], how: str) -> list[dict]:
+    """Easy -> hard: by CDM (deepest first) or by difficulty level (then deepest first)."""
+    if how == "cdm":
+        return sorted(rows, key=lambda r: (-r.get("cdm", 0.0), r["sample_id"]))
+    if how == "level":
+        return sorted(rows, key=lambda r: (r.get("level") or 0, -r.get("cdm", 0.0), r["sample_id"]))
+    return rows
+
+
 def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], teacher=None, log=print) -> dict:
     """Train a fresh copy of the untouched student on rows: plain CE (alone) or soft targets (distilled)."""
     from .distill import DistillTrainer, kd_collate, kd_examples
@@ -80,34 +102,43 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
     s_manifest = artifacts.read_manifest(run_dir / "student", "student")
     path = str(run_dir / "student" / "model")
     student, tok = models.load_model(path, cfg.model.dtype, cfg.model.device), models.load_tokenizer(path)
-    tcfg = dataclasses.replace(cfg.train, full=cfg.distill.method == "full")
-    student = student if tcfg.full else wrap_lora(student, tcfg)
+    train_cfg = dataclasses.replace(cfg.train, full=cfg.distill.method == "full")
+    student = student if train_cfg.full else wrap_lora(student, train_cfg)
     student.train()
     kwargs = {}
     if name == "distilled":
-        cache = None
-        if teacher is None:
-            cache = load_cache(run_dir / "generate" / "topk")
-            check_matches(cache, rows)
-        kwargs = dict(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache),
-                      collate_fn=lambda b: kd_collate(b, tok.pad_token_id), kd=cfg.distill, teacher=teacher,
-                      vocab=s_manifest["shared_vocab"])
-    model, seconds, loss = fit(student, tok, rows, tcfg, stage, log=log, **kwargs)
-    model = model if tcfg.full else model.merge_and_unload()
+        rows = curriculum_order(student_rows(rows, cfg.distill.targets, tok, cfg.data.system_prompt),
+                                cfg.distill.curriculum)
+        if not rows:
+            raise DepthtuneError(f"no teacher sample has an 'Answer:' line to build {cfg.distill.targets} targets "
+                                 f"from; use --set distill.targets=cot or answers")
+        kwargs["sequential"] = cfg.distill.curriculum != "none"
+        if cfg.distill.alpha > 0:  # soft targets; with alpha = 0 it is plain cross-entropy on the teacher's text
+            cache = None
+            if teacher is None:
+                cache = load_cache(run_dir / "generate" / "topk")
+                check_matches(cache, rows)
+            kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache),
+                          collate_fn=lambda b: kd_collate(b, tok.pad_token_id), kd=cfg.distill, teacher=teacher,
+                          vocab=s_manifest["shared_vocab"])
+    model, seconds, loss = fit(student, tok, rows, train_cfg, stage, log=log, **kwargs)
+    model = model if train_cfg.full else model.merge_and_unload()
     with artifacts.atomic_path(stage / "model") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
     shutil.rmtree(stage / "checkpoints", ignore_errors=True)
     return artifacts.write_manifest(stage, name, cfg.to_dict(), examples=len(rows), train_seconds=round(seconds, 2),
                                     final_loss=round(float(loss), 5), method=cfg.distill.method,
-                                    teacher="online" if teacher is not None else ("cached top-k" if name == "distilled" else None))
+                                    targets=cfg.distill.targets if name == "distilled" else "reference answers",
+                                    teacher=None if name != "distilled" else "online" if teacher is not None
+                                    else "cached top-k" if cfg.distill.alpha > 0 else "sequence-level only")
 
 
 def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
     from .decide import write_report
 
     run_dir = Path(run_dir)
-    tcfg = teacher_config(cfg)
+    tcfg, scfg = teacher_config(cfg), student_config(cfg)
     session = Session(tcfg, log)
 
     def once(name: str, done: bool, fn):
@@ -117,7 +148,7 @@ def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
         log(f"[{name}]")
         return fn()
 
-    once("prepare", False, lambda: prepare(run_dir, tcfg))
+    once("prepare", False, lambda: prepare(run_dir, cfg))  # the user's settings: a rerun derives both sides again
     # the student first: its size and vocabulary checks fail before any teacher generation is spent
     once("student", artifacts.is_done(run_dir / "student"), lambda: build_student(run_dir, tcfg, *session.base()))
     once("generate", artifacts.is_done(run_dir / "generate"), lambda: generate.run(run_dir, tcfg, *session.base()))
@@ -125,19 +156,21 @@ def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
     once("select", artifacts.is_done(run_dir / "select"), lambda: select.run(run_dir, tcfg))
     once("evaluate-teacher", (run_dir / "evaluate" / "teacher.json").exists(),
          lambda: evaluate.evaluate_model(run_dir, tcfg, "teacher", *session.base(), log=log))
-    teacher = session.base()[0] if cfg.distill.online else None
+    teacher = session.base()[0] if cfg.distill.online and scfg.distill.alpha > 0 else None
     if teacher is None:
         session._model = None  # the cached top-k rows stand in for the teacher from here on
     tok = session.tokenizer()
     once("alone", artifacts.is_done(run_dir / "alone"),
-         lambda: train_student(run_dir, tcfg, "alone", reference_rows(run_dir, tok, cfg.data.system_prompt), log=log))
+         lambda: train_student(run_dir, scfg, "alone", reference_rows(run_dir, tok, cfg.data.system_prompt), log=log))
     once("distilled", artifacts.is_done(run_dir / "distilled"),
-         lambda: train_student(run_dir, tcfg, "distilled",
+         lambda: train_student(run_dir, scfg, "distilled",
                                artifacts.read_jsonl(run_dir / "select" / "selected.jsonl"), teacher, log=log))
     session._model = teacher = None
     for name, folder in (("student", "student"), ("alone", "alone"), ("distilled", "distilled")):
         if not (run_dir / "evaluate" / f"{name}.json").exists():
             path = str(run_dir / folder / "model")
             pair = models.load_model(path, cfg.model.dtype, cfg.model.device), models.load_tokenizer(path)
-            once(f"evaluate-{name}", False, lambda: evaluate.evaluate_model(run_dir, tcfg, name, *pair, log=log))
+            prefix = ANSWER if name == "distilled" and cfg.distill.targets == "step_by_step" else ""
+            once(f"evaluate-{name}", False,
+                 lambda: evaluate.evaluate_model(run_dir, scfg, name, *pair, log=log, prefix=prefix))
     return write_report(run_dir, cfg)

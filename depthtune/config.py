@@ -131,6 +131,11 @@ class DistillConfig:
     """CDM line for the teacher's samples used as targets (0 = the correctness filter alone)."""
     k: int = 2
     """Teacher samples per training prompt."""
+    targets: str = "answers"
+    """answers (sequence-level), cot (rationale + answer), answer_only or step_by_step; see depthtune.targets."""
+    curriculum: str = "none"
+    """Order of the distilled student's examples: none (shuffled), cdm (deepest teacher samples
+    first) or level (the suite's difficulty level, easy first); kept in that order every epoch."""
     priority: str = "accuracy"
     """What the deployment decision optimises: accuracy, latency or budget (training time)."""
     calls_per_day: int = 100_000
@@ -239,6 +244,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(d.method in ("full", "lora"), f"unknown distill.method '{d.method}'; use full or lora")
     need(d.student_layers is None or d.student_layers >= 1,
          f"pruning to {d.student_layers} layers leaves no layer; keep at least 1 (--student-layers)")
+    need(d.targets in ("answers", "cot", "answer_only", "step_by_step"),
+         f"unknown distill.targets '{d.targets}'; use answers, cot, answer_only or step_by_step")
+    need(d.curriculum in ("none", "cdm", "level"), f"unknown curriculum '{d.curriculum}'; use none, cdm or level")
     need(d.priority in ("accuracy", "latency", "budget"), f"unknown priority '{d.priority}'; use accuracy, latency or budget")
     need(0 <= d.threshold <= 100, f"distill.threshold {d.threshold} is outside 0-100")
     need(d.k >= 1 and d.calls_per_day >= 0, "distill.k must be at least 1 and calls_per_day not negative")

@@ -91,14 +91,21 @@ def summarise(rows: list[dict], gen_seconds: float, peak_mb: float, deep_line: f
     }
 
 
-def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=print) -> dict:
-    """Answer and score every held-out prompt with `model`; resumable; -> summary."""
+def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=print, prefix: str = "") -> dict:
+    """Answer and score every held-out prompt with `model`; resumable; -> summary.
+
+    `prefix` goes before every prompt (a step-by-step student is asked with "[answer] ").
+    """
     stage_dir = Path(run_dir) / "evaluate"
     stage_dir.mkdir(parents=True, exist_ok=True)
     summary_path = stage_dir / f"{which}.json"
     if summary_path.exists():
         return artifacts.read_json(summary_path)
     items = artifacts.read_jsonl(Path(run_dir) / "prompts" / "eval.jsonl")
+    if prefix:
+        from .targets import with_prefix
+
+        items = [with_prefix(it, prefix) for it in items]
     e = cfg.evaluate
     log(f"evaluate[{which}]: {len(items)} held-out prompts")
     with PeakMemory(model) as mem:

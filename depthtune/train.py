@@ -68,11 +68,12 @@ class _Elapsed:
 
 
 def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print, trainer_cls=None,
-        examples: list | None = None, collate_fn=None, **trainer_kwargs):
+        examples: list | None = None, collate_fn=None, sequential: bool = False, **trainer_kwargs):
     """Train `model` (already LoRA-wrapped or not) on rows; checkpoints in out_dir/checkpoints.
 
     trainer_cls / examples / collate_fn / trainer_kwargs let distillation swap the loss
-    (depthtune.distill) while keeping this loop, its checkpoints and resume.
+    (depthtune.distill) while keeping this loop, its checkpoints and resume. sequential keeps
+    the rows' order in every epoch (a curriculum) instead of shuffling.
     -> (model, seconds, final loss).
     """
     from datasets import Dataset
@@ -90,7 +91,8 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
         lr_scheduler_type="linear", warmup_steps=0, logging_steps=1, save_strategy="steps",
         save_steps=cfg.save_steps, save_total_limit=2, report_to="none", disable_tqdm=True, seed=cfg.seed,
         use_cpu=device.type == "cpu", bf16=next(model.parameters()).dtype == torch.bfloat16,
-        remove_unused_columns=False, dataloader_num_workers=0)
+        remove_unused_columns=False, dataloader_num_workers=0,
+        train_sampling_strategy="sequential" if sequential else "random")
 
     class Progress(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):

@@ -21,10 +21,10 @@ def compare_args(teacher, run_dir, *extra):
             "--set", "train.epochs=1", "--set", "train.batch_size=4", *extra]
 
 
-@pytest.mark.parametrize("online", [False, True])
-def test_compare_end_to_end(teacher_dir, tmp_path, capsys, online):
+@pytest.mark.parametrize("online, extra", [(False, []), (True, ["--set", "distill.curriculum=level"])])
+def test_compare_end_to_end(teacher_dir, tmp_path, capsys, online, extra):
     run_dir = tmp_path / "cmp"
-    assert main(compare_args(teacher_dir, run_dir, *(["--online"] if online else []))) == 0
+    assert main(compare_args(teacher_dir, run_dir, *(["--online"] if online else []), *extra)) == 0
     out = capsys.readouterr().out
     assert "student distilled" in out and "## Decision" in out
     m = json.loads((run_dir / "compare.json").read_text())
@@ -41,6 +41,31 @@ def test_compare_end_to_end(teacher_dir, tmp_path, capsys, online):
         assert gen["topk"] == 20 and 120 <= gen["topk_bytes_per_token"] < 400  # 6 bytes x 20 + shard headers
     student = artifacts.read_json(run_dir / "student" / "manifest.json")
     assert student["layers_kept"] == [0, 3]
+
+
+def test_step_by_step_targets_and_answer_prefix(teacher_dir, tmp_path, monkeypatch):
+    """A random teacher never writes 'Answer:', so give its samples one, as a real teacher would."""
+    from depthtune import generate
+
+    real = generate.sample_chunk
+
+    def answering(*a, **kw):
+        rows, secs, cached = real(*a, **kw)
+        for r in rows:
+            r["completion"] = "We add them.\nAnswer: 7"
+        return rows, secs, cached
+
+    monkeypatch.setattr(generate, "sample_chunk", answering)
+    run_dir = tmp_path / "sbs"
+    assert main(compare_args(teacher_dir, run_dir, "--set", "distill.targets=step_by_step")) == 0
+    m = artifacts.read_json(run_dir / "distilled" / "manifest.json")
+    assert m["targets"] == "step_by_step" and m["teacher"] == "sequence-level only"
+    assert m["examples"] == 2 * len(artifacts.read_jsonl(run_dir / "select" / "selected.jsonl"))
+    asked = artifacts.read_jsonl(run_dir / "evaluate" / "distilled.jsonl")
+    assert all(r["prompt"].startswith("[answer] ") for r in asked)
+    assert not any(r["prompt"].startswith("[answer] ") for r in artifacts.read_jsonl(run_dir / "evaluate" / "alone.jsonl"))
+    cfg = (run_dir / "config.yaml").read_text()
+    assert "Think step by step" not in cfg  # the saved config is the user's, not the teacher side's
 
 
 def test_cached_logits_that_do_not_match_their_samples_are_refused(teacher_dir, tmp_path, capsys):
