@@ -102,7 +102,7 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
     s_manifest = artifacts.read_manifest(run_dir / "student", "student")
     path = str(run_dir / "student" / "model")
     student, tok = models.load_model(path, cfg.model.dtype, cfg.model.device), models.load_tokenizer(path)
-    train_cfg = dataclasses.replace(cfg.train, full=cfg.distill.method == "full")
+    train_cfg = dataclasses.replace(cfg.train, full=cfg.distill.method == "full", learning_rate=cfg.distill.learning_rate)
     student = student if train_cfg.full else wrap_lora(student, train_cfg)
     student.train()
     kwargs = {}

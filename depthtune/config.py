@@ -129,8 +129,11 @@ class DistillConfig:
     """Tokens per chunk of the loss (memory vs speed)."""
     threshold: float = 0.0
     """CDM line for the teacher's samples used as targets (0 = the correctness filter alone)."""
-    k: int = 2
+    k: int = 4
     """Teacher samples per training prompt."""
+    learning_rate: float = 1e-4
+    """Learning rate of both trained students (alone and distilled, so they stay comparable); a pruned
+    student needs more than the 2e-5 usual for full fine-tuning to heal."""
     targets: str = "answers"
     """answers (sequence-level), cot (rationale + answer), answer_only or step_by_step; see depthtune.targets."""
     curriculum: str = "none"
@@ -249,6 +252,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(d.curriculum in ("none", "cdm", "level"), f"unknown curriculum '{d.curriculum}'; use none, cdm or level")
     need(d.priority in ("accuracy", "latency", "budget"), f"unknown priority '{d.priority}'; use accuracy, latency or budget")
     need(0 <= d.threshold <= 100, f"distill.threshold {d.threshold} is outside 0-100")
+    need(d.learning_rate > 0, "distill.learning_rate must be > 0")
     need(d.k >= 1 and d.calls_per_day >= 0, "distill.k must be at least 1 and calls_per_day not negative")
     need(d.topk >= 1 and d.chunk >= 1, "distill.topk and distill.chunk must be at least 1")
     need(cfg.select.max_per_prompt is None or cfg.select.max_per_prompt >= 1, "select.max_per_prompt must be at least 1")
