@@ -74,8 +74,11 @@ def build_student(run_dir: Path, cfg: RunConfig, teacher, tok) -> dict:
     if s_params >= t_params:
         raise DepthtuneError(f"the teacher ({t_params:,} parameters) is not larger than the student "
                              f"({s_params:,}); swap them or pick a smaller student")
-    vocab = shared_vocab_size(tok, s_tok, teacher.get_output_embeddings().weight.shape[0],
-                              student.get_output_embeddings().weight.shape[0])
+    if cfg.distill.alpha > 0:
+        vocab = shared_vocab_size(tok, s_tok, teacher.get_output_embeddings().weight.shape[0],
+                                  student.get_output_embeddings().weight.shape[0])
+    else:  # sequence-level only: the teacher's text is re-tokenized for the student, any vocabulary will do
+        vocab = None
     with artifacts.atomic_path(stage / "model") as tmp:
         student.save_pretrained(tmp, safe_serialization=True)
         s_tok.save_pretrained(tmp)
@@ -107,6 +110,8 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
     student.train()
     kwargs = {}
     if name == "distilled":
+        if s_manifest["shared_vocab"] is None:  # another vocabulary: the student reads the teacher's text
+            rows = [{**r, "completion_ids": tok(r["completion"], add_special_tokens=False)["input_ids"]} for r in rows]
         rows = curriculum_order(student_rows(rows, cfg.distill.targets, tok, cfg.data.system_prompt),
                                 cfg.distill.curriculum)
         if not rows:
@@ -150,7 +155,7 @@ def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
 
     once("prepare", False, lambda: prepare(run_dir, cfg))  # the user's settings: a rerun derives both sides again
     # the student first: its size and vocabulary checks fail before any teacher generation is spent
-    once("student", artifacts.is_done(run_dir / "student"), lambda: build_student(run_dir, tcfg, *session.base()))
+    once("student", artifacts.is_done(run_dir / "student"), lambda: build_student(run_dir, scfg, *session.base()))
     once("generate", artifacts.is_done(run_dir / "generate"), lambda: generate.run(run_dir, tcfg, *session.base()))
     once("score", artifacts.is_done(run_dir / "score"), lambda: score.run(run_dir, tcfg, *session.base()))
     once("select", artifacts.is_done(run_dir / "select"), lambda: select.run(run_dir, tcfg))
@@ -159,7 +164,7 @@ def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
     teacher = session.base()[0] if cfg.distill.online and scfg.distill.alpha > 0 else None
     if teacher is None:
         session._model = None  # the cached top-k rows stand in for the teacher from here on
-    tok = session.tokenizer()
+    tok = models.load_tokenizer(str(run_dir / "student" / "model"))  # the student's own tokenizer
     once("alone", artifacts.is_done(run_dir / "alone"),
          lambda: train_student(run_dir, scfg, "alone", reference_rows(run_dir, tok, cfg.data.system_prompt), log=log))
     once("distilled", artifacts.is_done(run_dir / "distilled"),

@@ -116,6 +116,13 @@ def test_vocabulary_mismatch_names_the_tokens(teacher_dir, tmp_path, capsys):
     assert main(compare_args(teacher_dir, tmp_path / "r", "--student", str(other))) == 2
     err = capsys.readouterr().err
     assert "vocabularies differ" in err and "id 0" in err and "sequence-level" in err
+    assert not (tmp_path / "r" / "generate").exists()
+
+    # sequence-level distillation (no logit loss) works across vocabularies: the text is re-tokenized
+    assert main(compare_args(teacher_dir, tmp_path / "seq", "--student", str(other), "--set", "distill.alpha=0")) == 0
+    m = artifacts.read_json(tmp_path / "seq" / "student" / "manifest.json")
+    assert m["shared_vocab"] is None
+    assert artifacts.read_json(tmp_path / "seq" / "distilled" / "manifest.json")["teacher"] == "sequence-level only"
 
 
 def test_gap_recovered_and_a_do_not_distil_decision():
