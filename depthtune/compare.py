@@ -22,7 +22,9 @@ from .students import prune_layers, shared_vocab_size
 from .targets import ANSWER, COT_SYSTEM, student_rows
 from .train import fit, wrap_lora
 
-MODELS = ("teacher", "student", "alone", "distilled")
+def soft_targets(cfg: RunConfig) -> bool:
+    """Whether the student learns the teacher's distributions (not only its text)."""
+    return cfg.distill.alpha > 0 and cfg.distill.targets in ("answers", "cot")
 
 
 def teacher_config(cfg: RunConfig) -> RunConfig:
@@ -30,7 +32,7 @@ def teacher_config(cfg: RunConfig) -> RunConfig:
     t = copy.deepcopy(cfg)
     t.model.name = cfg.distill.teacher
     t.generate.k = cfg.distill.k
-    t.generate.topk = 0 if cfg.distill.online else cfg.distill.topk
+    t.generate.topk = cfg.distill.topk if soft_targets(cfg) and not cfg.distill.online else 0
     t.select.threshold = cfg.distill.threshold
     if cfg.distill.targets != "answers":  # the teacher is asked to reason before answering
         t.data.system_prompt = COT_SYSTEM
@@ -42,7 +44,7 @@ def student_config(cfg: RunConfig) -> RunConfig:
     modes whose targets are not the teacher's own tokens."""
     s = copy.deepcopy(teacher_config(cfg))
     s.data.system_prompt = cfg.data.system_prompt
-    if cfg.distill.targets in ("answer_only", "step_by_step"):
+    if not soft_targets(cfg):
         s.distill.alpha = 0.0
     return s
 
@@ -171,9 +173,9 @@ def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
          lambda: train_student(run_dir, scfg, "distilled",
                                artifacts.read_jsonl(run_dir / "select" / "selected.jsonl"), teacher, log=log))
     session._model = teacher = None
-    for name, folder in (("student", "student"), ("alone", "alone"), ("distilled", "distilled")):
+    for name in ("student", "alone", "distilled"):
         if not (run_dir / "evaluate" / f"{name}.json").exists():
-            path = str(run_dir / folder / "model")
+            path = str(run_dir / name / "model")
             pair = models.load_model(path, cfg.model.dtype, cfg.model.device), models.load_tokenizer(path)
             prefix = ANSWER if name == "distilled" and cfg.distill.targets == "step_by_step" else ""
             once(f"evaluate-{name}", False,
