@@ -17,7 +17,7 @@ from pathlib import Path
 from . import artifacts, evaluate, generate, models, score, select
 from .config import RunConfig
 from .errors import DepthtuneError
-from .pipeline import Session, prepare
+from .pipeline import Session, prepare, step
 from .students import prune_layers, shared_vocab_size
 from .targets import ANSWER, COT_SYSTEM, student_rows
 from .train import fit, wrap_lora
@@ -149,11 +149,7 @@ def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
     session = Session(tcfg, log)
 
     def once(name: str, done: bool, fn):
-        if done:
-            log(f"[{name}] already finished, skipped")
-            return None
-        log(f"[{name}]")
-        return fn()
+        return step(name, done, fn, log)
 
     once("prepare", False, lambda: prepare(run_dir, cfg))  # the user's settings: a rerun derives both sides again
     # the student first: its size and vocabulary checks fail before any teacher generation is spent

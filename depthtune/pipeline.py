@@ -68,19 +68,29 @@ def tuned_model(run_dir: Path, session: Session):
     return models.load_model(path, session.cfg.model.dtype, session.cfg.model.device), models.load_tokenizer(path)
 
 
+def step(name: str, done: bool, fn, log=print, timings: dict | None = None):
+    """Run one stage unless it is finished; record its wall seconds in `timings`."""
+    if done:
+        log(f"[{name}] already finished, skipped")
+        return None
+    log(f"[{name}]")
+    start = time.perf_counter()
+    out = fn()
+    if timings is not None:
+        timings[name] = round(time.perf_counter() - start, 2)
+    return out
+
+
 def run_all(run_dir: Path, cfg: RunConfig, log=print) -> dict:
     run_dir = Path(run_dir)
     session, timings = Session(cfg, log), {}
 
     def stage(name: str, done: bool, fn):
-        if done:
-            log(f"[{name}] already finished, skipped")
-            return None
-        log(f"[{name}]")
-        t = time.perf_counter()
-        out = fn()
-        timings[name] = round(time.perf_counter() - t, 2)
-        return out
+        return step(name, done, fn, log, timings)
+
+    def train_base():
+        base, tok = session.take_base()  # training changes it in place
+        return train.run(run_dir, cfg, base, tok)[1], tok
 
     stage("prepare", False, lambda: prepare(run_dir, cfg))
     stage("generate", artifacts.is_done(run_dir / "generate"), lambda: generate.run(run_dir, cfg, *session.base()))
@@ -88,18 +98,9 @@ def run_all(run_dir: Path, cfg: RunConfig, log=print) -> dict:
     stage("evaluate-base", (run_dir / "evaluate" / "base.json").exists(),
           lambda: evaluate.evaluate_model(run_dir, cfg, "base", *session.base(), log=log))
     stage("select", artifacts.is_done(run_dir / "select"), lambda: select.run(run_dir, cfg))
-    trained = None
-    if not artifacts.is_done(run_dir / "train"):
-        base, tok = session.take_base()
-        _, trained_model = stage("train", False, lambda: train.run(run_dir, cfg, base, tok))
-        trained = (trained_model, tok)
-    else:
-        stage("train", True, None)
-    tuned = None
-    if not artifacts.is_done(run_dir / "merge"):
-        _, tuned = stage("merge", False, lambda: merge.run(run_dir, cfg, session.load, trained))
-    else:
-        stage("merge", True, None)
+    trained = stage("train", artifacts.is_done(run_dir / "train"), train_base)
+    merged = stage("merge", artifacts.is_done(run_dir / "merge"), lambda: merge.run(run_dir, cfg, session.load, trained))
+    tuned = merged[1] if merged else None
     if not (run_dir / "evaluate" / "tuned.json").exists():
         session._model = None  # free the base before the tuned model is loaded
         pair = (tuned.eval(), session.tokenizer()) if tuned is not None else tuned_model(run_dir, session)
