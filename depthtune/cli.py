@@ -44,7 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-dir", default=default_dir, help=f"run directory (default {default_dir})")
         p.add_argument("--config", help="YAML config (default: <run-dir>/config.yaml if present)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.rank=8")
-        p.add_argument("--model", help="HF model id, model directory or .gguf file (default: embedded SmolLM2)")
         p.add_argument("--data", help="prompts: .jsonl, .csv, .parquet or a saved dataset dir (default: built-in suites)")
         p.add_argument("--eval-data", help="held-out prompts (default: a split of --data)")
         p.add_argument("--prompt-field", help="prompt column (default 'prompt'; chat 'messages' rows need none)")
@@ -52,11 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--checker", help="auto, numeric, exact or contains")
         p.add_argument("--max-train-prompts", type=int)
         p.add_argument("--max-eval-prompts", type=int)
-        p.add_argument("--k", type=int, help="samples per training prompt")
-        p.add_argument("--threshold", type=float, help="CDM line for selection, 0-100 (default 80)")
-        p.add_argument("--rank", type=int, help="LoRA rank")
-        p.add_argument("--epochs", type=float)
-        p.add_argument("--full", action="store_true", default=None, help="full fine-tuning instead of LoRA")
+        if name != "compare":  # compare names its models and CDM line with --teacher, --student and distill.*
+            p.add_argument("--model", help="HF model id, model directory or .gguf file (default: embedded SmolLM2)")
+            p.add_argument("--k", type=int, help="samples per training prompt")
+            p.add_argument("--threshold", type=float, help="CDM line for selection, 0-100 (default 80)")
+            p.add_argument("--rank", type=int, help="LoRA rank")
+            p.add_argument("--epochs", type=float)
+            p.add_argument("--full", action="store_true", default=None, help="full fine-tuning instead of LoRA")
         if name not in ("run", "compare"):
             p.add_argument("--redo", action="store_true", help="discard this stage's output and run it again")
         if name == "compare":
