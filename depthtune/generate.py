@@ -93,6 +93,7 @@ def sample_chunk(model, tok, items: list[dict], *, k: int, temperature: float, t
             "completion": tok.decode(ids, skip_special_tokens=True),
             "logprobs": [round(x, 5) for x in logprobs[r, :end].tolist()],
             "finished": end < len(seq),
+            "gen_seconds": round(seconds / new.shape[0], 6),  # its share of the batch's wall time
         })
         if topk:  # one row per completion token, plus the step that chose eos when it stopped
             cached.append(topk_rows(logits[r, :end + 1 if end < len(seq) else end], topk))
@@ -106,14 +107,13 @@ def sample_all(model, tok, items: list[dict], partial: Path, *, k: int, temperat
 
     With topk > 0 each chunk's teacher top-k rows go to <partial's folder>/topk/chunk-NNNNN.safetensors,
     written before the chunk's rows are appended, so a resumed chunk rewrites its own shard.
-    -> (all rows in prompt order, generation seconds spent in this call).
+    -> (all rows in prompt order, generation seconds of all of them, resumed chunks included).
     """
     per_chunk = max(1, batch_size // k)
     rows = artifacts.repair_partial(partial)
     done = {r["prompt_id"] for r in rows}
     if rows:
         progress(f"  resuming: {len(rows)} samples of {len(done)} prompts already generated")
-    seconds = 0.0
     chunks = [items[i:i + per_chunk] for i in range(0, len(items), per_chunk)]
     for c, chunk in enumerate(chunks):
         if all(it["id"] in done for it in chunk):
@@ -126,12 +126,11 @@ def sample_all(model, tok, items: list[dict], partial: Path, *, k: int, temperat
                         cached, model.config.vocab_size)
         artifacts.append_jsonl(partial, new)
         rows += new
-        seconds += secs
         ntok = sum(len(r["completion_ids"]) for r in new)
         progress(f"  chunk {c + 1}/{len(chunks)}: {len(new)} samples, {ntok} tokens, {ntok / max(secs, 1e-9):.0f} tok/s")
     order = {it["id"]: i for i, it in enumerate(items)}
     rows.sort(key=lambda r: (order[r["prompt_id"]], r["sample_id"]))
-    return rows, seconds
+    return rows, sum(r["gen_seconds"] for r in rows)
 
 
 def run(run_dir: Path, cfg: RunConfig, model, tok) -> dict:

@@ -99,6 +99,11 @@ def test_interrupted_generation_resumes_without_losing_or_repeating_samples(tiny
     assert [r["sample_id"] for r in resumed] == [r["sample_id"] for r in whole]
     assert [r["completion_ids"] for r in resumed] == [r["completion_ids"] for r in whole]
     assert not (stage / "samples.partial.jsonl").exists()
+    # the manifest's time counts the chunk generated before the interruption too
+    first_chunk = sum(r["gen_seconds"] for r in resumed[:4])  # batch 4 = 2 prompts x k 2, made before the kill
+    manifest = artifacts.read_json(stage / "manifest.json")
+    assert manifest["seconds"] == pytest.approx(sum(r["gen_seconds"] for r in resumed), abs=0.01)
+    assert first_chunk > 0 and manifest["seconds"] >= first_chunk
 
 
 @pytest.mark.parametrize("extra, expected", [
