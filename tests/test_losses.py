@@ -7,6 +7,16 @@ from depthtune import losses
 V, D, N = 37, 8, 23
 
 
+def naive_divergence(pt, ps, kind, beta):
+    """Textbook divergence between probability vectors (teacher pt, student ps)."""
+    if kind == "forward_kl" or (kind == "jsd" and beta == 0):
+        return (pt * (pt.log() - ps.log())).sum()
+    if kind == "reverse_kl" or (kind == "jsd" and beta == 1):
+        return (ps * (ps.log() - pt.log())).sum()
+    m = beta * pt + (1 - beta) * ps
+    return beta * (pt * (pt.log() - m.log())).sum() + (1 - beta) * (ps * (ps.log() - m.log())).sum()
+
+
 def naive(student_logits, teacher_logits, labels, kind, tau, alpha, beta):
     """Textbook formulas on full probability vectors, one token at a time."""
     total, count = 0.0, 0
@@ -17,14 +27,7 @@ def naive(student_logits, teacher_logits, labels, kind, tau, alpha, beta):
         ps = torch.softmax(student_logits[i] / tau, -1)
         pt = torch.softmax(teacher_logits[i] / tau, -1)
         ce = -torch.log(torch.softmax(student_logits[i], -1)[labels[i]])
-        if kind == "forward_kl" or (kind == "jsd" and beta == 0):
-            d = (pt * (pt.log() - ps.log())).sum()
-        elif kind == "reverse_kl" or (kind == "jsd" and beta == 1):
-            d = (ps * (ps.log() - pt.log())).sum()
-        else:
-            m = beta * pt + (1 - beta) * ps
-            d = beta * (pt * (pt.log() - m.log())).sum() + (1 - beta) * (ps * (ps.log() - m.log())).sum()
-        total = total + (1 - alpha) * ce + alpha * tau**2 * d
+        total = total + (1 - alpha) * ce + alpha * tau**2 * naive_divergence(pt, ps, kind, beta)
     return total / count
 
 
@@ -93,14 +96,7 @@ def naive_sparse(student_logits, top_ids, top_logp, labels, kind, tau, alpha, be
         full = torch.softmax(student_logits[i] / tau, -1)
         q = torch.cat([full[top_ids[i]], (1 - full[top_ids[i]].sum()).reshape(1)])
         ce = -torch.log(torch.softmax(student_logits[i], -1)[labels[i]])
-        if kind == "forward_kl":
-            d = (pt * (pt.log() - q.log())).sum()
-        elif kind == "reverse_kl":
-            d = (q * (q.log() - pt.log())).sum()
-        else:
-            m = beta * pt + (1 - beta) * q
-            d = beta * (pt * (pt.log() - m.log())).sum() + (1 - beta) * (q * (q.log() - m.log())).sum()
-        total = total + (1 - alpha) * ce + alpha * tau**2 * d
+        total = total + (1 - alpha) * ce + alpha * tau**2 * naive_divergence(pt, q, kind, beta)
     return total / count
 
 
