@@ -2,6 +2,8 @@
 
     depthtune run [--model M] [--data F --prompt-field P --answer-field A] [--run-dir D]
     depthtune generate|score|select|train|merge|evaluate|report --run-dir D
+    depthtune compare [--teacher T] [--student S | --student-layers N]
+    depthtune sweep sweep.yaml [--sweep-dir D] [--dry-run]
 
 Every subcommand reads and writes one run directory; the resolved config lives in
 <run>/config.yaml, so later stages see the settings earlier ones used, and flags given
@@ -70,7 +72,35 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--temperature", type=float, help="soft-target temperature (default 2)")
             p.add_argument("--priority", choices=("accuracy", "latency", "budget"), help="what the decision optimises")
             p.add_argument("--calls-per-day", type=int, help="answers per day, for the compute cost")
+    p = sub.add_parser("sweep", help="a grid of distillation cells from a sweep file, with a report")
+    p.add_argument("file", help="sweep YAML (see examples/sweep.yaml)")
+    p.add_argument("--sweep-dir", help="output directory (default runs/sweeps/<sweep name>)")
+    p.add_argument("--dry-run", action="store_true", help="check the file and list the cells and shared teacher "
+                   "jobs without running anything")
     return parser
+
+
+def sweep_command(args) -> int:
+    """0 when every cell finished; 1 when some failed (their errors are in the report)."""
+    from .grid import load_sweep
+    from .sweep import make_plan, run_sweep
+
+    sweep = load_sweep(args.file)
+    folder = Path(args.sweep_dir or Path("runs") / "sweeps" / sweep.name)
+    if args.dry_run:
+        plan = make_plan(sweep)
+        print(f"{len(plan.cells)} cells, {len(plan.jobs)} shared teacher jobs, {len(plan.ensembles)} ensembles")
+        for key, job in plan.jobs.items():
+            print(f"  teacher job {key}: {len(job.prompts)} prompts x {job.gen['k']} samples"
+                  f"{', top-k ' + str(job.topk) if job.topk else ''}{', CDM' if job.needs_cdm else ''}")
+        for cp in plan.cells:
+            print(f"  cell {cp.cell.group}, seed={cp.cell.settings['seed']}: {len(cp.prompts)} prompts")
+        return 0
+    m = run_sweep(sweep, folder, sweep_text=Path(args.file).read_text())
+    print("\n" + "\n".join(f"- {f}" for f in m["findings"]).replace("**", ""))
+    print(f"\n{len(m['done'])} of {m['cells']} cells done, {len(m['failed'])} failed; "
+          f"report: {folder / 'sweep_report.md'} and {folder / 'sweep_report.html'}")
+    return 1 if m["failed"] else 0
 
 
 def resolve_config(args) -> RunConfig:
@@ -148,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet()
     try:
+        if args.command == "sweep":
+            return sweep_command(args)
         cfg = resolve_config(args)
         from .models import resolve
 

@@ -139,6 +139,8 @@ class DistillConfig:
     curriculum: str = "none"
     """Order of the distilled student's examples: none (shuffled), cdm (deepest teacher samples
     first) or level (the suite's difficulty level, easy first); kept in that order every epoch."""
+    cot_max_new_tokens: int = 128
+    """Token budget of a reasoning teacher's answers, and of a reasoning student's at evaluation."""
     priority: str = "accuracy"
     """What the deployment decision optimises: accuracy, latency or budget (training time)."""
     calls_per_day: int = 100_000
@@ -254,6 +256,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(0 <= d.threshold <= 100, f"distill.threshold {d.threshold} is outside 0-100")
     need(d.learning_rate > 0, "distill.learning_rate must be > 0")
     need(d.k >= 1 and d.calls_per_day >= 0, "distill.k must be at least 1 and calls_per_day not negative")
+    need(d.cot_max_new_tokens >= 1, "distill.cot_max_new_tokens must be at least 1")
     need(d.topk >= 1 and d.chunk >= 1, "distill.topk and distill.chunk must be at least 1")
     need(cfg.select.max_per_prompt is None or cfg.select.max_per_prompt >= 1, "select.max_per_prompt must be at least 1")
     return cfg

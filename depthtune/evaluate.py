@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import threading
-import time
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from . import artifacts
 from .config import RunConfig
 from .generate import sample_all
 from .models import count_params
-from .score import score_rows
+from .score import judge, score_rows
 
 WHICH = ("base", "tuned")
 
@@ -80,10 +79,11 @@ def summarise(rows: list[dict], gen_seconds: float, peak_mb: float, deep_line: f
     n = max(1, len(rows))
     tokens = sum(len(r["completion_ids"]) for r in rows)
     judged = [r["correct"] for r in rows if r.get("correct") is not None]
+    scored = all(r.get("cdm") is not None for r in rows)  # a sweep may evaluate without CDM
     return {
         "samples": len(rows),
-        "mean_cdm": round(sum(r["cdm"] for r in rows) / n, 3),
-        "deep_rate": round(sum(r["cdm"] >= deep_line for r in rows) / n, 4),
+        "mean_cdm": round(sum(r["cdm"] for r in rows) / n, 3) if scored else None,
+        "deep_rate": round(sum(r["cdm"] >= deep_line for r in rows) / n, 4) if scored else None,
         "accuracy": round(sum(judged) / len(judged), 4) if judged else None,
         "mean_completion_tokens": round(tokens / n, 2),
         "ms_per_token": round(1000 * gen_seconds / max(1, tokens), 3) if gen_seconds else None,
@@ -91,17 +91,20 @@ def summarise(rows: list[dict], gen_seconds: float, peak_mb: float, deep_line: f
     }
 
 
-def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=print, prefix: str = "") -> dict:
+def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=print, prefix: str = "",
+                   items: list[dict] | None = None, cdm: bool = True) -> dict:
     """Answer and score every held-out prompt with `model`; resumable; -> summary.
 
     `prefix` goes before every prompt (a step-by-step student is asked with "[answer] ").
+    `items` replaces <run>/prompts/eval.jsonl; cdm=False judges answers without the CDM passes.
     """
     stage_dir = Path(run_dir) / "evaluate"
     stage_dir.mkdir(parents=True, exist_ok=True)
     summary_path = stage_dir / f"{which}.json"
     if summary_path.exists():
         return artifacts.read_json(summary_path)
-    items = artifacts.read_jsonl(Path(run_dir) / "prompts" / "eval.jsonl")
+    if items is None:
+        items = artifacts.read_jsonl(Path(run_dir) / "prompts" / "eval.jsonl")
     if prefix:
         from .targets import with_prefix
 
@@ -112,7 +115,10 @@ def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=pr
         rows, secs = sample_all(model, tok, items, stage_dir / f"{which}.samples.partial.jsonl", k=1,
                                 temperature=e.temperature, top_p=cfg.generate.top_p, max_new_tokens=e.max_new_tokens,
                                 batch_size=e.batch_size, seed=e.seed, system_prompt=cfg.data.system_prompt, progress=log)
-    scored = score_rows(model, tok, rows, cfg.score, stage_dir / f"{which}.scored.partial.jsonl", progress=log)
+    if cdm:
+        scored = score_rows(model, tok, rows, cfg.score, stage_dir / f"{which}.scored.partial.jsonl", progress=log)
+    else:
+        scored = [{**r, "cdm": None, "correct": judge(r)} for r in rows]
     artifacts.write_jsonl(stage_dir / f"{which}.jsonl", scored)
     summary = summarise(scored, secs, mem.mb, e.deep_line)
     summary["params"] = count_params(model)

@@ -88,6 +88,11 @@ def score_batch(model, rows: list[dict], pad_id: int, noise: float, seed: int,
     return out
 
 
+def judge(row: dict) -> bool | None:
+    """The reference-answer verdict (None when the prompt has no reference)."""
+    return is_correct(row["completion"], row["answer"], row["checker"]) if row.get("answer") is not None else None
+
+
 def score_rows(model, tok, rows: list[dict], cfg: ScoreConfig, partial: Path | None = None,
                progress=print) -> list[dict]:
     """Score rows in batches (sorted by length to limit padding); resumable through `partial`."""
@@ -102,8 +107,7 @@ def score_rows(model, tok, rows: list[dict], cfg: ScoreConfig, partial: Path | N
             scores = score_batch(model, batch, tok.pad_token_id, cfg.noise, cfg.seed, cfg.weights)
             new = []
             for r, s in zip(batch, scores):
-                verdict = is_correct(r["completion"], r["answer"], r["checker"]) if r.get("answer") is not None else None
-                new.append({**r, **s, "correct": verdict})
+                new.append({**r, **s, "correct": judge(r)})
             if partial:
                 artifacts.append_jsonl(partial, new)
             done.update((n["sample_id"], n) for n in new)

@@ -36,8 +36,10 @@ def select(rows: list[dict], cfg: SelectConfig) -> tuple[list[dict], dict]:
         by_prompt.setdefault(r["prompt_id"], []).append(r)
     kept, yields = [], {}
     for pid, group in by_prompt.items():
-        good = sorted((r for r in group if eligible(r, cfg) and r["cdm"] >= cfg.threshold),
-                      key=lambda r: (-r["cdm"], r["sample_id"]))
+        # unscored rows (cdm None: a sweep that needs no CDM line) pass a threshold of 0 only
+        good = sorted((r for r in group if eligible(r, cfg) and
+                       (cfg.threshold == 0 or r.get("cdm") is not None and r["cdm"] >= cfg.threshold)),
+                      key=lambda r: (-(r.get("cdm") or 0.0), r["sample_id"]))
         seen, mine = set(), []
         for r in good:
             key = normalise(r["completion"])

@@ -1,0 +1,130 @@
+"""`depthtune sweep` on tiny random models: shared teacher work, per-category results, resume, failures."""
+import json
+
+import pytest
+import yaml
+
+from conftest import make_tiny_model
+from depthtune import artifacts
+from depthtune.cli import main
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, tokenizer_dir):
+    return make_tiny_model(tmp_path_factory.mktemp("sweep-teacher"), tokenizer_dir, layers=4)
+
+
+def write_sweep(path, teacher, axes, **base):
+    spec = {"name": "tiny",
+            "base": {"data": {"max_eval_prompts": 6}, "generate": {"max_new_tokens": 4, "batch_size": 8},
+                     "evaluate": {"max_new_tokens": 4}, "select": {"require_correct": False},
+                     "train": {"epochs": 1, "batch_size": 4, "save_steps": 1},
+                     "distill": {"k": 2, "cot_max_new_tokens": 5}, **base},
+            "teachers": {"a": {"model": str(teacher)}, "b": {"model": str(teacher), "system_prompt": "Be brief."}},
+            "axes": axes}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def sweep(path, out, capsys):
+    code = main(["sweep", str(path), "--sweep-dir", str(out)])
+    return code, capsys.readouterr().out
+
+
+def test_sweep_shares_teacher_work_and_reports_per_category(teacher_dir, tmp_path, capsys):
+    axes = [{"method": ["full", {"lora": {"rank": [4]}}, "prompt"], "size": [3, 6], "student": ["self"]},
+            {"teachers": [["a", "b"]], "size": [3], "student": ["pruned:2"]},
+            {"targets": ["cot"], "size": [3], "student": ["pruned:2"]}]
+    out = tmp_path / "out"
+    code, log = sweep(write_sweep(tmp_path / "s.yaml", teacher_dir, axes), out, capsys)
+    assert code == 0
+    m = json.loads((out / "sweep.json").read_text())
+    assert m["cells"] == 8 and len(m["done"]) == 8 and not m["failed"]
+    # four teacher set-ups (a, a with the prompt-distillation context, b, a reasoning): each sampled once,
+    # though eight cells read them
+    jobs = sorted(p.name.rsplit("-", 1)[0] for p in (out / "teachers").iterdir())
+    assert jobs == ["a+context-answers", "a-answers", "a-cot", "b-answers"]
+    assert log.count("] sampling ") == 4
+    a = next((out / "teachers").glob("a-answers-*"))
+    assert len(json.loads((a / "job.json").read_text())["prompts"]) == 6  # size 3 is a subset of size 6
+    assert len(artifacts.read_jsonl(a / "samples.jsonl")) == 12
+    ens = artifacts.read_json(next((out / "ensembles").iterdir()) / "manifest.json")
+    assert ens["samples"] == 12  # both teachers' samples on the cell's 3 prompts, averaged over both
+    for r in m["done"]:
+        b = r["battery"]
+        assert b["category"]["knowledge"]["n"] == 2 and b["category"]["reasoning"]["n"] == 4
+        assert sum(s["n"] for s in b["suite"].values()) == 6 and b["level"]
+        assert set(r["transfer"]) == {"knowledge", "reasoning"} and r["train_seconds"] > 0
+        assert r["examples"] > 0 and set(r["teacher"]["category"]) == {"knowledge", "reasoning"}
+    lora = [r for r in m["done"] if r["settings"]["method"] == "lora"]
+    assert all(r["settings"]["rank"] == 4 for r in lora)
+    assert all((out / "cells").glob("*method=lora*/adapter/adapter_config.json"))
+    report = (out / "sweep_report.md").read_text()
+    assert "## Findings" in report and "**method**" in report and "knowledge vs reasoning" in report
+    assert report.count("\n| size=") + report.count("\n| student=") >= 8
+    html = (out / "sweep_report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(m["plots"]) >= 4
+    assert {"accuracy_vs_size.png", "teachers.png", "targets.png", "cost_vs_accuracy.png"} <= set(m["plots"])
+
+
+def test_interrupted_sweep_resumes_without_redoing_finished_cells(teacher_dir, tmp_path, capsys, monkeypatch):
+    from depthtune import cell
+
+    path = write_sweep(tmp_path / "s.yaml", teacher_dir, {"method": ["full", "lora"], "seed": [0, 1], "size": [3],
+                                                          "student": ["self"]})
+    out, real, calls = tmp_path / "out", cell.run_cell, []
+
+    def stop_on_third(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cell, "run_cell", stop_on_third)
+    assert sweep(path, out, capsys)[0] == 130
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("cells/*/result.json")}
+    samples = next(out.glob("teachers/*/samples.jsonl")).stat().st_mtime_ns
+    assert len(finished) == 2
+    monkeypatch.setattr(cell, "run_cell", real)
+    code, log = sweep(path, out, capsys)
+    assert code == 0
+    assert log.count("already finished, skipped") == 2 and "] sampling " not in log
+    assert {p.parent.name: p.stat().st_mtime_ns for p in out.glob("cells/*/result.json") if p.parent.name in finished} \
+        == finished
+    assert next(out.glob("teachers/*/samples.jsonl")).stat().st_mtime_ns == samples
+    assert len(json.loads((out / "sweep.json").read_text())["done"]) == 4
+
+
+def test_failing_cell_is_recorded_and_the_sweep_goes_on(teacher_dir, tmp_path, capsys):
+    path = write_sweep(tmp_path / "s.yaml", teacher_dir, {"distill.threshold": [0, 100], "size": [3],
+                                                          "method": ["lora"], "student": ["self"]})
+    out = tmp_path / "out"
+    code, log = sweep(path, out, capsys)
+    assert code == 1  # the report is written, and the exit status says a cell failed
+    m = json.loads((out / "sweep.json").read_text())
+    assert len(m["done"]) == 1 and len(m["failed"]) == 1
+    assert "CDM >= 100" in m["failed"][0]["error"]
+    assert "## Failed cells" in (out / "sweep_report.md").read_text()
+    assert "1 failed" in log
+
+
+def test_growing_a_sweep_samples_only_the_new_prompts(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    axes = {"size": [3], "method": ["lora"], "student": ["self"]}
+    assert sweep(write_sweep(tmp_path / "s.yaml", teacher_dir, axes), out, capsys)[0] == 0
+    axes["size"] = [3, 6]
+    code, log = sweep(write_sweep(tmp_path / "s.yaml", teacher_dir, axes), out, capsys)
+    assert code == 0 and "sampling 3 prompts" in log and log.count("already finished, skipped") == 1
+    job = next((out / "teachers").iterdir())
+    assert (job / "gen-001" / "done.json").exists() and len(artifacts.read_jsonl(job / "samples.jsonl")) == 12
+
+
+def test_bad_sweep_file_is_one_line_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"axes": {"method": ["full"], "rank": [8]}}))
+    code = main(["sweep", str(bad), "--sweep-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "contradicts itself" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err

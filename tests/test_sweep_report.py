@@ -1,0 +1,42 @@
+"""Findings are computed from matched cells: the winner, its margin, and whether it is more than noise."""
+from depthtune.sweep_report import compare_axis, findings, mean_sd
+
+
+def cell(method, size, seed, acc, k=None, r=None, seconds=10.0):
+    settings = {"size": size, "diversity": "all", "student": "self", "method": method,
+                "rank": None if method == "full" else 16, "targets": "answers", "teachers": ["t"], "seed": seed}
+    battery = {"all": {"accuracy": acc / 100}, "category": {}}
+    return {"settings": settings, "overrides": {}, "group": f"{method} {size}", "battery": battery,
+            "transfer": {"knowledge": k, "reasoning": r}, "train_seconds": seconds}
+
+
+def test_clear_winner_on_matched_cells():
+    done = [cell("lora", n, s, 50 + s) for n in (8, 16) for s in (0, 1, 2)] + \
+           [cell("full", n, s, 40 + 2 * s) for n in (8, 16) for s in (0, 1, 2)]
+    c = compare_axis(done, "method", n_eval=48)
+    assert c["best"] == "lora r16" and c["runner_up"] == "full" and c["pairs"] == 6
+    assert c["margin"] == 9.0 and c["clear"]  # 10, 9, 8 points on each size: far above 2 questions
+    text = findings(done, 48)
+    assert any(f.startswith("**method**: lora r16 won, +9.0 points") and "a clear difference" in f for f in text)
+
+
+def test_small_or_inconsistent_differences_are_noise():
+    done = [cell("lora", 8, 0, 50), cell("full", 8, 0, 48), cell("lora", 8, 1, 44), cell("full", 8, 1, 48)]
+    c = compare_axis(done, "method", n_eval=48)
+    assert not c["clear"]
+    assert compare_axis(done, "size", n_eval=48) is None  # the sweep does not vary size
+    assert compare_axis([cell("lora", 8, 0, 50), cell("full", 16, 0, 40)], "method", 48) is None  # nothing matched
+
+
+def test_knowledge_vs_reasoning_statement_follows_the_numbers():
+    done = [cell("lora", 8, 0, 50, k=0.9, r=0.4), cell("lora", 8, 1, 50, k=1.0, r=0.6)]
+    assert any("is true on this sweep" in f and "0.95 for knowledge vs 0.50 for reasoning" in f
+               for f in findings(done, 48))
+    done = [cell("lora", 8, 0, 50, k=0.5, r=0.7)]
+    assert any("is false on this sweep" in f and "knowledge higher in 0 of 1 cells" in f for f in findings(done, 48))
+
+
+def test_mean_and_spread():
+    assert mean_sd([1.0, 3.0]) == (2.0, 2 ** 0.5)
+    assert mean_sd([2.0, None]) == (2.0, None)
+    assert mean_sd([None]) == (None, None)
