@@ -90,7 +90,7 @@ class Cell:
 
     @property
     def id(self) -> str:
-        parts = [f"{k}={_show(v)}" for k, v in self.settings.items() if k != "seed"]
+        parts = [f"{k}={_show(v)}" for k, v in self.settings.items() if k != "seed" and v is not None]
         parts += [f"{k}={_show(v)}" for k, v in sorted(self.overrides.items())]
         slug = re.sub(r"[^A-Za-z0-9=.,:_+-]", "_", ",".join(parts))[:120]
         digest = hashlib.sha1(json.dumps([self.settings, self.overrides], sort_keys=True).encode()).hexdigest()[:6]
@@ -132,12 +132,17 @@ def parse_sweep(data: Any, default_name: str = "sweep") -> Sweep:
     for name, spec in raw_teachers.items():
         t = from_dict(Teacher, spec, f"teachers.{name}.")
         teachers[str(name)] = dataclasses.replace(t, model=t.model if t.model is not None else base.distill.teacher)
+        if teachers[str(name)].model is not None:
+            resolve(teachers[str(name)].model)  # a missing model path fails here, before anything runs
+    name = str(data.get("name", default_name))
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
+        raise DepthtuneError(f"sweep name '{name}' names its output folder: use letters, digits, '.', '_' and '-'")
     axes = data.get("axes")
     grids = axes if isinstance(axes, list) else [axes]
     if not axes or not all(isinstance(g, dict) and g for g in grids):
         raise DepthtuneError("the sweep has an empty grid: give 'axes' as a mapping of axis -> list of values "
                              "(or a list of such mappings), e.g. axes: {size: [24, 72]}")
-    return Sweep(name=str(data.get("name", default_name)), base=base, teachers=teachers,
+    return Sweep(name=name, base=base, teachers=teachers,
                  context=data.get("context", DEFAULT_CONTEXT), grids=grids,
                  keep_models=bool(data.get("keep_models", False)), evaluate_cdm=bool(data.get("evaluate_cdm", False)))
 
@@ -161,9 +166,16 @@ def _values(axis: str, raw) -> list:
     return values
 
 
+OWNED = {"distill.method": "method", "train.full": "method", "train.rank": "rank", "distill.targets": "targets",
+         "distill.student": "student", "distill.student_layers": "student", "distill.teacher": "teachers",
+         "train.seed": "seed"}
+
+
 def _check_axis_name(axis: str, base: RunConfig) -> None:
     if axis in AXES:
         return
+    if axis in OWNED:
+        raise DepthtuneError(f"sweep axis '{axis}' is set by the named axis '{OWNED[axis]}'; use {OWNED[axis]}: [...]")
     if "." in axis:
         try:
             set_key(copy.deepcopy(base), axis, None)

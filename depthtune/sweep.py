@@ -309,6 +309,40 @@ class Progress:
         return text + (f" | running {running}" if running else "")
 
 
+def timed(folder: Path, phase: str, key: str, fn):
+    """Run fn and append its wall seconds to <sweep>/timings.jsonl (work done in this process only)."""
+    start = time.perf_counter()
+    out = fn()
+    artifacts.append_jsonl(folder / "timings.jsonl", [{"phase": phase, "key": key,
+                                                       "seconds": round(time.perf_counter() - start, 2)}])
+    return out
+
+
+def shared_work(plan: Plan, folder: Path, mdl: Models, log) -> tuple[dict, dict]:
+    """Teacher jobs, ensembles, untouched students -> (samples per job, {failed key: error})."""
+    samples, failed = {}, {}
+    for key, job in plan.jobs.items():
+        try:
+            samples[key] = timed(folder, "teacher", key, lambda: run_job(folder / "teachers" / key, job, plan, mdl, log))
+        except DepthtuneError as e:
+            failed[key] = str(e)
+            log(f"[teacher {key}] failed: {e}")
+    for key, spec in plan.ensembles.items():
+        if not any(k in failed for k in spec["jobs"]):
+            try:
+                timed(folder, "ensemble", key,
+                      lambda: run_ensemble(folder / "ensembles" / key, spec, plan, samples, mdl, log))
+            except DepthtuneError as e:
+                failed[key] = str(e)
+    students = {student_key(cp.student, cp.base_model): (cp.student, cp.base_model) for cp in plan.cells}
+    for key, (spec, base) in students.items():
+        try:
+            timed(folder, "student", key, lambda: untouched(folder / "students" / key, spec, base, plan, mdl, log))
+        except DepthtuneError as e:
+            failed[key] = str(e)
+    return samples, failed
+
+
 def run_sweep(sweep: Sweep, folder: Path, log=print, sweep_text: str | None = None) -> dict:
     from .cell import run_cell
     from .sweep_report import write_report
@@ -323,43 +357,23 @@ def run_sweep(sweep: Sweep, folder: Path, log=print, sweep_text: str | None = No
     log(f"sweep '{sweep.name}': {len(plan.cells)} cells, {len(plan.jobs)} teacher jobs, "
         f"{len(plan.ensembles)} ensembles, battery of {len(plan.battery)} held-out prompts")
     mdl = Models(sweep.base, log)
-    samples, failed_jobs = {}, {}
-    for key, job in plan.jobs.items():
-        try:
-            samples[key] = run_job(folder / "teachers" / key, job, plan, mdl, log)
-        except DepthtuneError as e:
-            failed_jobs[key] = str(e)
-            log(f"[teacher {key}] failed: {e}")
-    for key, spec in plan.ensembles.items():
-        if any(k in failed_jobs for k in spec["jobs"]):
-            continue
-        try:
-            run_ensemble(folder / "ensembles" / key, spec, plan, samples, mdl, log)
-        except DepthtuneError as e:
-            failed_jobs[key] = str(e)
-    for cp in plan.cells:
-        key = student_key(cp.student, cp.base_model)
-        try:
-            untouched(folder / "students" / key, cp.student, cp.base_model, plan, mdl, log)
-        except DepthtuneError as e:
-            failed_jobs[key] = str(e)
+    samples, failed_jobs = timed(folder, "shared", "all", lambda: shared_work(plan, folder, mdl, log))
     progress = Progress(len(plan.cells), folder, log)
     for i, cp in enumerate(plan.cells):
-        cell_dir = folder / "cells" / cp.dir_name
+        cell_dir, name = folder / "cells" / cp.dir_name, f"{cp.cell.group}, seed={cp.cell.settings['seed']}"
         if (cell_dir / "result.json").exists():
             progress.done += 1
-            log(f"[cell {i + 1}/{len(plan.cells)}] already finished, skipped: {cp.cell.group}, "
-                f"seed={cp.cell.settings['seed']}")
+            log(f"[cell {i + 1}/{len(plan.cells)}] already finished, skipped: {name}")
             continue
         blocked = [failed_jobs[k] for k in cp.jobs + [cp.ensemble, student_key(cp.student, cp.base_model)]
                    if k in failed_jobs]
-        log(f"[cell {i + 1}/{len(plan.cells)}] {cp.cell.group}, seed={cp.cell.settings['seed']}")
+        log(f"[cell {i + 1}/{len(plan.cells)}] {name}")
         log("  " + progress.line(running=cp.dir_name))
         start = time.perf_counter()
         try:
             if blocked:
                 raise DepthtuneError(f"shared teacher work failed: {blocked[0]}")
-            run_cell(cell_dir, cp, plan, samples, mdl, folder, log)
+            timed(folder, "cell", cp.dir_name, lambda: run_cell(cell_dir, cp, plan, samples, mdl, folder, log))
             progress.done += 1
             progress.times.append(time.perf_counter() - start)
             (cell_dir / "error.json").unlink(missing_ok=True)

@@ -96,27 +96,42 @@ def collect(folder: Path, plan) -> dict:
         if (d / "evaluate" / "battery.jsonl").exists():
             references[f"untrained student {artifacts.read_json(d / 'student.json')['student']}"] = battery_of(d)
     n_eval = len(plan.battery)
-    return {"references": references,"name": plan.sweep.name, "machine": machine(), "cells": len(plan.cells), "done": done, "failed": failed,
+    return {"references": references, "timings": timings(Path(folder)),"name": plan.sweep.name, "machine": machine(), "cells": len(plan.cells), "done": done, "failed": failed,
             "pending": pending, "table": table, "fixed": sorted(fixed), "battery_size": n_eval, "findings": findings(done, n_eval)}
 
 
-def _blocks(done: list[dict], axis: str) -> dict:
-    """Cells grouped by every setting except `axis` -> {value label: accuracy}."""
+def timings(folder: Path) -> dict:
+    """Wall seconds of the work each run of the command did: shared (teacher work, model loads
+    included) and cells; an interrupted phase's seconds are not counted."""
+    rows = artifacts.read_jsonl(folder / "timings.jsonl", tolerate_torn_tail=True) \
+        if (folder / "timings.jsonl").exists() else []
+    cells = [r["seconds"] for r in rows if r["phase"] == "cell"]
+    return {"runs": sum(r["phase"] == "shared" for r in rows),
+            "shared_s": round(sum(r["seconds"] for r in rows if r["phase"] == "shared"), 1),
+            "cells_s": round(sum(cells), 1), "cells_timed": len(cells),
+            "per_phase": {p: round(sum(r["seconds"] for r in rows if r["phase"] == p), 1)
+                          for p in ("teacher", "ensemble", "student")}}
+
+
+def _blocks(done: list[dict], axis: str, cat: str | None = None) -> dict:
+    """Cells grouped by every setting except `axis` -> {value label: accuracy (of one category)}."""
     blocks: dict[str, dict] = {}
     for r in done:
         rest = {k: v for k, v in r["settings"].items() if k != axis and not (axis == "method" and k == "rank")}
         key = repr(sorted(rest.items())) + repr(sorted(r["overrides"].items()))
-        blocks.setdefault(key, {})[label(r["settings"], axis)] = _acc(r)
+        if _acc(r, cat) is not None:
+            blocks.setdefault(key, {})[label(r["settings"], axis)] = _acc(r, cat)
     return blocks
 
 
-def compare_axis(done: list[dict], axis: str, n_eval: int) -> dict | None:
-    """Winner of one axis over matched cells, its margin over the runner-up, and whether it is clear."""
-    blocks = [b for b in _blocks(done, axis).values() if len(b) > 1]
+def compare_axis(done: list[dict], axis: str, n_eval: int, cat: str | None = None) -> dict | None:
+    """Winner of one axis over matched cells, its margin over the runner-up, and whether it is clear
+    (n_eval: the questions behind the accuracy, which sets what one question is worth)."""
+    blocks = [b for b in _blocks(done, axis, cat).values() if len(b) > 1]
     values = sorted({v for b in blocks for v in b})
     if len(values) < 2:
         return None
-    means = {v: statistics.fmean([b[v] for b in blocks if v in b and b[v] is not None]) for v in values}
+    means = {v: statistics.fmean([b[v] for b in blocks if v in b]) for v in values}
     ranked = sorted(values, key=lambda v: -means[v])
     best, second = ranked[0], ranked[1]
     diffs = [b[best] - b[second] for b in blocks if best in b and second in b]
@@ -126,6 +141,18 @@ def compare_axis(done: list[dict], axis: str, n_eval: int) -> dict | None:
     return {"axis": axis, "best": best, "runner_up": second, "margin": round(margin, 2),
             "se": None if se is None else round(se, 2), "pairs": len(diffs), "clear": clear,
             "means": {v: round(m, 2) for v, m in means.items()}}
+
+
+def by_category(done: list[dict], axis: str) -> str:
+    """' By category: knowledge X (+m, noise); reasoning Y (+m, clear).' for one axis."""
+    parts = []
+    for cat in CATEGORIES:
+        n = max((r["battery"]["category"].get(cat, {}).get("n", 0) for r in done), default=0)
+        c = compare_axis(done, axis, n, cat) if n else None
+        if c is not None:
+            parts.append(f"{cat} {c['best']} {c['margin']:+.1f} ({'clear' if c['clear'] else 'noise'}, "
+                         f"{100 / n:.1f} a question)")
+    return f" By category: {'; '.join(parts)}." if parts else ""
 
 
 def findings(done: list[dict], n_eval: int) -> list[str]:
@@ -140,11 +167,11 @@ def findings(done: list[dict], n_eval: int) -> list[str]:
         spread = f", standard error {c['se']:.1f}" if c["se"] is not None else ""
         if c["margin"] == 0:
             out.append(f"**{question}**: no difference between {c['best']} and {c['runner_up']} on {c['pairs']} "
-                       f"matched cell pair(s).")
+                       f"matched cell pair(s).{by_category(done, axis)}")
             continue
         out.append(f"**{question}**: {c['best']} won, {c['margin']:+.1f} points of held-out accuracy over "
                    f"{c['runner_up']} on {c['pairs']} matched cell pair(s){spread}: {verdict} "
-                   f"(one question = {100 / n_eval:.1f} points).")
+                   f"(one question = {100 / n_eval:.1f} points).{by_category(done, axis)}")
     pairs = [(r["transfer"].get("knowledge"), r["transfer"].get("reasoning")) for r in done]
     pairs = [(k, r) for k, r in pairs if k is not None and r is not None]
     if pairs:
@@ -167,7 +194,15 @@ def findings(done: list[dict], n_eval: int) -> list[str]:
 def render_md(m: dict, plots: dict[str, str]) -> str:
     lines = [f"# Sweep report: {m['name']}", "",
              f"{len(m['done'])} of {m['cells']} cells finished, {len(m['failed'])} failed, {len(m['pending'])} not run. "
-             f"Battery: {m['battery_size']} held-out prompts. Machine: {m['machine']}.", "", "## Findings", ""]
+             f"Battery: {m['battery_size']} held-out prompts. Machine: {m['machine']}.", ""]
+    t = m["timings"]
+    if t["runs"]:
+        lines += [f"Time: shared teacher work {t['shared_s'] / 60:.1f} min (teacher jobs {t['per_phase']['teacher']:.0f} s, "
+                  f"ensembles {t['per_phase']['ensemble']:.0f} s, untrained students {t['per_phase']['student']:.0f} s, "
+                  f"model loads included), {t['cells_timed']} cells {t['cells_s'] / 60:.1f} min "
+                  f"({t['cells_s'] / max(1, t['cells_timed']):.0f} s each on average); "
+                  f"{t['runs']} run(s) of the command; work cut off by an interruption is not counted.", ""]
+    lines += ["## Findings", ""]
     lines += [f"- {f}" for f in m["findings"]]
     lines += ["", "## Every cell (mean ± spread over seeds; accuracy in %, transfer = student / teacher)", "",
               f"Same in every cell: {', '.join(m['fixed']) or 'nothing'}. Teacher: the cell's teacher (the best "

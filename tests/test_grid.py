@@ -58,6 +58,9 @@ def test_generic_dotted_axes_and_several_teachers():
     ({"axes": {"student": ["./no/such/model"]}}, "does not exist"),
     ({"axes": {"distill.temperature": [-1.0]}}, "cell [distill.temperature=-1.0]: distill.temperature must be > 0"),
     ({"axes": {"size": [8]}, "base": {"trian": {}}}, "unknown config key 'base.trian' (did you mean 'train'?)"),
+    ({"axes": {"distill.targets": ["cot"]}}, "set by the named axis 'targets'"),
+    ({"axes": {"size": [8]}, "name": "../up"}, "sweep name '../up' names its output folder"),
+    ({"axes": {"size": [8]}, "teachers": {"t": {"model": "./missing/model"}}}, "model path ./missing/model does not exist"),
 ])
 def test_bad_sweeps_fail_with_one_clear_line(data, message):
     data = {"teachers": {"t": {}, "u": {}}, **data}

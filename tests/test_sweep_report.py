@@ -2,10 +2,11 @@
 from depthtune.sweep_report import compare_axis, findings, mean_sd
 
 
-def cell(method, size, seed, acc, k=None, r=None, seconds=10.0):
+def cell(method, size, seed, acc, k=None, r=None, seconds=10.0, cats=None):
     settings = {"size": size, "diversity": "all", "student": "self", "method": method,
                 "rank": None if method == "full" else 16, "targets": "answers", "teachers": ["t"], "seed": seed}
-    battery = {"all": {"accuracy": acc / 100}, "category": {}}
+    battery = {"all": {"accuracy": acc / 100},
+               "category": {c: {"n": 16, "accuracy": a / 100} for c, a in (cats or {}).items()}}
     return {"settings": settings, "overrides": {}, "group": f"{method} {size}", "battery": battery,
             "transfer": {"knowledge": k, "reasoning": r}, "train_seconds": seconds}
 
@@ -40,3 +41,13 @@ def test_mean_and_spread():
     assert mean_sd([1.0, 3.0]) == (2.0, 2 ** 0.5)
     assert mean_sd([2.0, None]) == (2.0, None)
     assert mean_sd([None]) == (None, None)
+
+
+def test_per_category_winners_can_differ_from_the_overall_one():
+    done = []
+    for seed in (0, 1, 2):
+        done.append(cell("lora", 8, seed, 50, cats={"knowledge": 80, "reasoning": 20 + seed}))
+        done.append(cell("full", 8, seed, 50, cats={"knowledge": 60 + seed, "reasoning": 40}))
+    line = next(f for f in findings(done, 48) if f.startswith("**method**"))
+    assert "By category: knowledge lora r16 +19.0 (clear" in line
+    assert "reasoning full +19.0 (clear" in line
