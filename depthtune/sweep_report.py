@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from . import artifacts
-from .battery import CATEGORIES, battery_of
+from .battery import CATEGORIES, battery_of, transfer
 from .report import machine
 
 QUESTIONS = (("size", "dataset size"), ("diversity", "diversity"), ("student", "student"),
@@ -143,6 +143,13 @@ def compare_axis(done: list[dict], axis: str, n_eval: int, cat: str | None = Non
             "means": {v: round(m, 2) for v, m in means.items()}}
 
 
+def means_of(c: dict) -> str:
+    """With more than two settings, every setting's mean accuracy over the matched cells."""
+    if len(c["means"]) < 3:
+        return ""
+    return " Means: " + ", ".join(f"{v} {m:.1f}" for v, m in sorted(c["means"].items(), key=lambda x: -x[1])) + "."
+
+
 def by_category(done: list[dict], axis: str) -> str:
     """' By category: knowledge X (+m, noise); reasoning Y (+m, clear).' for one axis."""
     parts = []
@@ -171,15 +178,22 @@ def findings(done: list[dict], n_eval: int) -> list[str]:
             continue
         out.append(f"**{question}**: {c['best']} won, {c['margin']:+.1f} points of held-out accuracy over "
                    f"{c['runner_up']} on {c['pairs']} matched cell pair(s){spread}: {verdict} "
-                   f"(one question = {100 / n_eval:.1f} points).{by_category(done, axis)}")
+                   f"(one question = {100 / n_eval:.1f} points).{means_of(c)}{by_category(done, axis)}")
     pairs = [(r["transfer"].get("knowledge"), r["transfer"].get("reasoning")) for r in done]
     pairs = [(k, r) for k, r in pairs if k is not None and r is not None]
     if pairs:
         k_mean, r_mean = statistics.fmean(p[0] for p in pairs), statistics.fmean(p[1] for p in pairs)
         more = sum(k > r for k, r in pairs)
+        before = [transfer(r["untrained"], r["teacher"]) for r in done if r.get("untrained")]
+        base = [(b["knowledge"], b["reasoning"]) for b in before if None not in (b.get("knowledge"), b.get("reasoning"))]
+        start = (f" Before training the same students stood at {statistics.fmean(b[0] for b in base):.2f} (knowledge) "
+                 f"and {statistics.fmean(b[1] for b in base):.2f} (reasoning) of their teachers, so the change "
+                 f"training made is {k_mean - statistics.fmean(b[0] for b in base):+.2f} and "
+                 f"{r_mean - statistics.fmean(b[1] for b in base):+.2f}.") if base else ""
         out.append(f"**knowledge vs reasoning**: \"knowledge transfers more easily than reasoning\" is "
                    f"{'true' if k_mean > r_mean else 'false'} on this sweep: mean transfer (student/teacher) "
-                   f"{k_mean:.2f} for knowledge vs {r_mean:.2f} for reasoning; knowledge higher in {more} of {len(pairs)} cells.")
+                   f"{k_mean:.2f} for knowledge vs {r_mean:.2f} for reasoning; knowledge higher in {more} of "
+                   f"{len(pairs)} cells.{start}")
     else:
         out.append("**knowledge vs reasoning**: no cell has a transfer for both categories (a teacher scored 0).")
     best = max(done, key=lambda r: _acc(r) or 0)
