@@ -1,7 +1,8 @@
 """The sweep's plots (matplotlib, PNG): one per question, drawn only when the sweep varies it.
 
-Each point or bar averages the finished cells that share its setting (over seeds and every
-other axis); error bars are the standard deviation over those cells.
+Each plot uses the matched cells of its question: cells that another finished cell equals in
+every setting but that question's axis (the same comparison the findings make). A point or bar
+averages those cells (over seeds and the other settings); error bars are their standard deviation.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import statistics
 from pathlib import Path
 
 from .battery import CATEGORIES
-from .sweep_report import _acc, label
+from .sweep_report import _acc, label, rest_key
 
 
 def _ms(values):
@@ -27,6 +28,14 @@ def _bars(ax, groups: dict[str, list[dict]], title: str, value) -> None:
     ax.set_xticks([i + width * (len(CATEGORIES) - 1) / 2 for i in range(len(names))], names, rotation=15)
     ax.set_title(title)
     ax.legend()
+
+
+def matched(done: list[dict], axis: str) -> list[dict]:
+    """Cells that have a partner differing only in `axis` (for method, rank goes with it)."""
+    values: dict[str, set] = {}
+    for r in done:
+        values.setdefault(rest_key(r, axis), set()).add(label(r["settings"], axis))
+    return [r for r in done if len(values[rest_key(r, axis)]) > 1]
 
 
 def _by(done: list[dict], key: str) -> dict[str, list[dict]]:
@@ -53,23 +62,25 @@ def draw_all(done: list[dict], folder: Path) -> dict[str, str]:
         plt.close(fig)
         written[name] = title
 
-    if len({r["size_n"] for r in done}) > 1:
+    sized = matched(done, "size")
+    if sized:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for method, rs in sorted(_by(done, "method").items()):
+        for method, rs in sorted(_by(sized, "method").items()):
             sizes = sorted({r["size_n"] for r in rs})
             stats = [_ms([_acc(r) for r in rs if r["size_n"] == n]) for n in sizes]
             ax.errorbar(sizes, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3, label=method)
         ax.set(xlabel="training prompts", ylabel="held-out accuracy (%)", title="Accuracy against dataset size")
         ax.legend()
         save(fig, "accuracy_vs_size.png", "Accuracy against dataset size, per method")
-    if done:
+    methods = matched(done, "method") or done
+    if methods:
         fig, ax = plt.subplots(figsize=(6, 4))
-        _bars(ax, _by(done, "method"), "Transfer (student / teacher) per method", lambda r, c: r["transfer"].get(c))
+        _bars(ax, _by(methods, "method"), "Transfer (student / teacher) per method", lambda r, c: r["transfer"].get(c))
         ax.axhline(1.0, color="grey", lw=0.8)
         save(fig, "transfer_by_method.png", "Knowledge vs reasoning transfer, per method")
     for key, name, title in (("targets", "targets.png", "Answers only vs reasoning traces"),
                              ("teachers", "teachers.png", "One vs several teachers")):
-        groups = _by(done, key)
+        groups = _by(matched(done, key), key)
         if len(groups) > 1:
             fig, ax = plt.subplots(figsize=(6, 4))
             _bars(ax, groups, title + ": accuracy (%) per category", _acc)

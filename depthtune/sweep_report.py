@@ -113,14 +113,18 @@ def timings(folder: Path) -> dict:
                           for p in ("teacher", "ensemble", "student")}}
 
 
+def rest_key(r: dict, axis: str) -> str:
+    """Every setting of a cell but `axis` (a method's rank goes with the method), seed included."""
+    rest = {k: v for k, v in r["settings"].items() if k != axis and not (axis == "method" and k == "rank")}
+    return repr(sorted(rest.items())) + repr(sorted(r["overrides"].items()))
+
+
 def _blocks(done: list[dict], axis: str, cat: str | None = None) -> dict:
     """Cells grouped by every setting except `axis` -> {value label: accuracy (of one category)}."""
     blocks: dict[str, dict] = {}
     for r in done:
-        rest = {k: v for k, v in r["settings"].items() if k != axis and not (axis == "method" and k == "rank")}
-        key = repr(sorted(rest.items())) + repr(sorted(r["overrides"].items()))
         if _acc(r, cat) is not None:
-            blocks.setdefault(key, {})[label(r["settings"], axis)] = _acc(r, cat)
+            blocks.setdefault(rest_key(r, axis), {})[label(r["settings"], axis)] = _acc(r, cat)
     return blocks
 
 

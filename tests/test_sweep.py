@@ -128,3 +128,38 @@ def test_bad_sweep_file_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def small_vocab_student(path, tokenizer_dir):
+    """A tiny student with its own 300-token BPE vocabulary (and the teacher's chat template)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    teacher_tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    text = ["What is 12 + 7? Answer with just the number. The capital of France is Paris."] * 50
+    bpe.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=special,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  bos_token="<|im_start|>")
+    tok.chat_template = teacher_tok.chat_template
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_student_with_another_tokenizer_reads_the_teachers_text(teacher_dir, tmp_path, tokenizer_dir, capsys):
+    student = small_vocab_student(tmp_path / "student", tokenizer_dir)
+    axes = {"student": [str(student)], "distill.alpha": [0.0, 0.5], "size": [3], "method": ["full"]}
+    code, _ = sweep(write_sweep(tmp_path / "s.yaml", teacher_dir, axes), tmp_path / "out", capsys)
+    m = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    # sequence-level: the teacher's completions re-tokenized for the 300-token student, trained and evaluated
+    assert [r["overrides"]["distill.alpha"] for r in m["done"]] == [0.0]
+    assert m["done"][0]["params"] < 100_000
+    # soft targets need one vocabulary: that cell fails with the reason, the sweep goes on
+    assert code == 1 and "vocabularies differ" in m["failed"][0]["error"]

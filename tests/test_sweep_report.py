@@ -61,3 +61,16 @@ def test_transfer_is_set_against_where_the_untrained_student_started():
     done = [{**cell("lora", 8, 0, 50, k=1.0, r=0.5), "teacher": bat(8, 4), "untrained": bat(8, 1)}]
     line = next(f for f in findings(done, 20) if f.startswith("**knowledge vs reasoning**"))
     assert "stood at 1.00 (knowledge) and 0.25 (reasoning)" in line and "+0.00 and +0.25" in line
+
+
+def test_plots_use_matched_cells_only(tmp_path):
+    from depthtune.sweep_plots import draw_all, matched
+
+    done = [cell("lora", 8, 0, 50), cell("lora", 16, 0, 55), cell("full", 8, 0, 40)]
+    for r in done:
+        r["size_n"] = r["settings"]["size"]
+    assert matched(done, "size") == done[:2]  # full has no 16-prompt partner
+    assert matched(done, "method") == [done[0], done[2]]
+    plots = draw_all(done, tmp_path)
+    assert set(plots) == {"accuracy_vs_size.png", "transfer_by_method.png", "cost_vs_accuracy.png"}
+    assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in plots)
