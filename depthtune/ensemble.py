@@ -59,14 +59,13 @@ def average_topk(teachers: list[tuple], rows: list[dict], k: int, batch_size: in
 
 def build(folder: Path, teachers: list[tuple], rows: list[dict], k: int, vocab_size: int,
           shard_rows: int = 64, log=print) -> int:
-    """Write the averaged cache in shards of `shard_rows` samples; finished shards are kept on a rerun.
-    -> the number of samples cached."""
+    """Write the averaged rows of `rows` as new shards after those already in folder (each shard
+    atomic, so an interrupted build keeps what it finished). -> the number of samples cached."""
     folder = Path(folder)
+    first = len(list(folder.glob("chunk-*.safetensors")))
     for s, start in enumerate(range(0, len(rows), shard_rows)):
-        path = folder / f"chunk-{s:05d}.safetensors"
-        if path.exists():
-            continue
         part = rows[start:start + shard_rows]
-        write_shard(path, [r["sample_id"] for r in part], average_topk(teachers, part, k), vocab_size)
-        log(f"  ensemble: {min(start + shard_rows, len(rows))}/{len(rows)} samples averaged over {len(teachers)} teachers")
+        write_shard(folder / f"chunk-{first + s:05d}.safetensors", [r["sample_id"] for r in part],
+                    average_topk(teachers, part, k), vocab_size)
+        log(f"  top-k rows: {min(start + shard_rows, len(rows))}/{len(rows)} samples, {len(teachers)} teacher(s)")
     return len(rows)

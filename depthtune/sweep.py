@@ -243,7 +243,7 @@ def run_job(folder: Path, job: Job, plan: Plan, mdl: Models, log) -> list[dict]:
 
 def topk_dirs(folder: Path) -> list[Path]:
     """A job's cached top-k shards: written during generation, or backfilled by a forward pass."""
-    return sorted(Path(folder).glob("gen-*/topk")) + sorted(Path(folder).glob("topk-backfill-*"))
+    return sorted(Path(folder).glob("gen-*/topk")) + [Path(folder) / "topk-backfill"]
 
 
 def backfill_topk(folder: Path, job: Job, rows: list[dict], mdl: Models, log) -> None:
@@ -256,26 +256,30 @@ def backfill_topk(folder: Path, job: Job, rows: list[dict], mdl: Models, log) ->
     missing = [r for r in rows if r["sample_id"] not in have]
     if missing:
         model, tok = mdl.get(job.model)
-        target = folder / f"topk-backfill-{len(list(folder.glob('topk-backfill-*'))):03d}"
         log(f"[teacher {job.key}] top-{job.topk} rows for {len(missing)} earlier samples")
-        with artifacts.atomic_path(target) as tmp:
-            ensemble.build(tmp, [(model, tok, job.system_prompt)], missing, job.topk,
-                           model.get_output_embeddings().weight.shape[0], log=log)
+        ensemble.build(folder / "topk-backfill", [(model, tok, job.system_prompt)], missing, job.topk,
+                       model.get_output_embeddings().weight.shape[0], log=log)
 
 
 def run_ensemble(folder: Path, spec: dict, plan: Plan, samples: dict[str, list[dict]], mdl: Models, log) -> None:
-    if artifacts.is_done(folder):
-        return
+    """Averaged top-k rows for every pooled sample of the ensemble's prompts not yet cached."""
+    from .teacher_cache import load_cache
+
+    have = set(load_cache(folder / "topk")) if (folder / "topk").exists() else set()
     rows = [{**r, "sample_id": f"{k}/{r['sample_id']}"} for k in spec["jobs"] for r in samples[k]
             if r["prompt_id"] in spec["prompts"]]
+    rows = [r for r in rows if r["sample_id"] not in have]
+    if not rows:
+        return
     teachers = []
     for k in spec["jobs"]:
         job = plan.jobs[k]
         teachers.append((*mdl.get(job.model), job.system_prompt))
     log(f"[ensemble {folder.name}] averaging {len(teachers)} teachers over {len(rows)} samples")
     vocab = teachers[0][0].get_output_embeddings().weight.shape[0]
-    n = ensemble.build(folder / "topk", teachers, rows, spec["topk"], vocab, log=log)
-    artifacts.write_manifest(folder, "ensemble", {}, jobs=spec["jobs"], samples=n, topk=spec["topk"])
+    ensemble.build(folder / "topk", teachers, rows, spec["topk"], vocab, log=log)
+    artifacts.write_manifest(folder, "ensemble", {}, jobs=spec["jobs"], samples=len(have) + len(rows),
+                             topk=spec["topk"])
 
 
 def untouched(folder: Path, spec: str, base: str | None, plan: Plan, mdl: Models, log) -> None:

@@ -147,6 +147,10 @@ def compare_axis(done: list[dict], axis: str, n_eval: int, cat: str | None = Non
             "means": {v: round(m, 2) for v, m in means.items()}}
 
 
+def _signed(x: float) -> str:
+    return f"{x + 0.0:+.2f}" if round(x, 2) != 0 else "0.00"
+
+
 def means_of(c: dict) -> str:
     """With more than two settings, every setting's mean accuracy over the matched cells."""
     if len(c["means"]) < 3:
@@ -161,8 +165,8 @@ def by_category(done: list[dict], axis: str) -> str:
         n = max((r["battery"]["category"].get(cat, {}).get("n", 0) for r in done), default=0)
         c = compare_axis(done, axis, n, cat) if n else None
         if c is not None:
-            parts.append(f"{cat} {c['best']} {c['margin']:+.1f} ({'clear' if c['clear'] else 'noise'}, "
-                         f"{100 / n:.1f} a question)")
+            parts.append(f"{cat}: {c['best']} ahead by {c['margin']:.1f} ({'clear' if c['clear'] else 'noise'}; "
+                         f"one question = {100 / n:.1f})")
     return f" By category: {'; '.join(parts)}." if parts else ""
 
 
@@ -192,8 +196,8 @@ def findings(done: list[dict], n_eval: int) -> list[str]:
         base = [(b["knowledge"], b["reasoning"]) for b in before if None not in (b.get("knowledge"), b.get("reasoning"))]
         start = (f" Before training the same students stood at {statistics.fmean(b[0] for b in base):.2f} (knowledge) "
                  f"and {statistics.fmean(b[1] for b in base):.2f} (reasoning) of their teachers, so the change "
-                 f"training made is {k_mean - statistics.fmean(b[0] for b in base):+.2f} and "
-                 f"{r_mean - statistics.fmean(b[1] for b in base):+.2f}.") if base else ""
+                 f"training made is {_signed(k_mean - statistics.fmean(b[0] for b in base))} and "
+                 f"{_signed(r_mean - statistics.fmean(b[1] for b in base))}.") if base else ""
         out.append(f"**knowledge vs reasoning**: \"knowledge transfers more easily than reasoning\" is "
                    f"{'true' if k_mean > r_mean else 'false'} on this sweep: mean transfer (student/teacher) "
                    f"{k_mean:.2f} for knowledge vs {r_mean:.2f} for reasoning; knowledge higher in {more} of "
@@ -218,8 +222,8 @@ def render_md(m: dict, plots: dict[str, str]) -> str:
         lines += [f"Time: shared teacher work {t['shared_s'] / 60:.1f} min (teacher jobs {t['per_phase']['teacher']:.0f} s, "
                   f"ensembles {t['per_phase']['ensemble']:.0f} s, untrained students {t['per_phase']['student']:.0f} s, "
                   f"model loads included), {t['cells_timed']} cells {t['cells_s'] / 60:.1f} min "
-                  f"({t['cells_s'] / max(1, t['cells_timed']):.0f} s each on average); "
-                  f"{t['runs']} run(s) of the command; work cut off by an interruption is not counted.", ""]
+                  f"({t['cells_s'] / max(1, t['cells_timed']):.0f} s each on average); work cut off by an "
+                  f"interruption is not counted.", ""]
     lines += ["## Findings", ""]
     lines += [f"- {f}" for f in m["findings"]]
     lines += ["", "## Every cell (mean ± spread over seeds; accuracy in %, transfer = student / teacher)", "",

@@ -33,15 +33,15 @@ def sweep(path, out, capsys):
 
 def test_sweep_shares_teacher_work_and_reports_per_category(teacher_dir, tmp_path, capsys):
     axes = [{"method": ["full", {"lora": {"rank": [4]}}, "prompt"], "size": [3, 6], "student": ["self"]},
-            {"teachers": [["a", "b"]], "size": [3], "student": ["pruned:2"]},
-            {"targets": ["cot"], "size": [3], "student": ["pruned:2"]}]
+            {"teachers": ["a", ["a", "b"]], "size": [3], "student": ["pruned:2"]},
+            {"targets": ["answers", "cot"], "size": [3], "student": ["pruned:2"]}]  # answers: already in grid 2
     out = tmp_path / "out"
     code, log = sweep(write_sweep(tmp_path / "s.yaml", teacher_dir, axes), out, capsys)
     assert code == 0
     m = json.loads((out / "sweep.json").read_text())
-    assert m["cells"] == 8 and len(m["done"]) == 8 and not m["failed"]
+    assert m["cells"] == 9 and len(m["done"]) == 9 and not m["failed"]
     # four teacher set-ups (a, a with the prompt-distillation context, b, a reasoning): each sampled once,
-    # though eight cells read them
+    # though nine cells read them
     jobs = sorted(p.name.rsplit("-", 1)[0] for p in (out / "teachers").iterdir())
     assert jobs == ["a+context-answers", "a-answers", "a-cot", "b-answers"]
     assert log.count("] sampling ") == 4
@@ -163,3 +163,21 @@ def test_student_with_another_tokenizer_reads_the_teachers_text(teacher_dir, tmp
     assert m["done"][0]["params"] < 100_000
     # soft targets need one vocabulary: that cell fails with the reason, the sweep goes on
     assert code == 1 and "vocabularies differ" in m["failed"][0]["error"]
+
+
+def test_soft_targets_wanted_later_are_backfilled_and_ensembles_grow(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    axes = {"size": [3], "method": ["lora"], "student": ["self"]}
+    assert sweep(write_sweep(tmp_path / "s.yaml", teacher_dir, axes, distill={"k": 2, "alpha": 0.0}), out, capsys)[0] == 0
+    job = next((out / "teachers").iterdir())
+    assert not list(job.glob("gen-000/topk/*"))  # sequence-level only: no top-k was cached
+    # the same teacher job, now with soft targets and a second teacher: rows are filled in, not resampled
+    axes = [{"size": [3], "method": ["lora"], "student": ["self"]}, {"size": [3], "teachers": [["a", "b"]]}]
+    code, log = sweep(write_sweep(tmp_path / "s.yaml", teacher_dir, axes, distill={"k": 2, "alpha": 0.5}), out, capsys)
+    assert code == 0 and "top-20 rows for 6 earlier samples" in log and log.count("] sampling ") == 1  # b only
+    assert "averaging 2 teachers over 12 samples" in log
+    axes[1]["size"] = [3, 6]
+    code, log = sweep(write_sweep(tmp_path / "s.yaml", teacher_dir, axes, distill={"k": 2, "alpha": 0.5}), out, capsys)
+    assert code == 0 and "averaging 2 teachers over 12 samples" in log  # only the 3 new prompts x 2 x 2 teachers
+    ens = artifacts.read_json(next((out / "ensembles").iterdir()) / "manifest.json")
+    assert ens["samples"] == 24

@@ -49,8 +49,8 @@ def test_per_category_winners_can_differ_from_the_overall_one():
         done.append(cell("lora", 8, seed, 50, cats={"knowledge": 80, "reasoning": 20 + seed}))
         done.append(cell("full", 8, seed, 50, cats={"knowledge": 60 + seed, "reasoning": 40}))
     line = next(f for f in findings(done, 48) if f.startswith("**method**"))
-    assert "By category: knowledge lora r16 +19.0 (clear" in line
-    assert "reasoning full +19.0 (clear" in line
+    assert "By category: knowledge: lora r16 ahead by 19.0 (clear" in line
+    assert "reasoning: full ahead by 19.0 (clear" in line
 
 
 def test_transfer_is_set_against_where_the_untrained_student_started():
@@ -60,7 +60,7 @@ def test_transfer_is_set_against_where_the_untrained_student_started():
 
     done = [{**cell("lora", 8, 0, 50, k=1.0, r=0.5), "teacher": bat(8, 4), "untrained": bat(8, 1)}]
     line = next(f for f in findings(done, 20) if f.startswith("**knowledge vs reasoning**"))
-    assert "stood at 1.00 (knowledge) and 0.25 (reasoning)" in line and "+0.00 and +0.25" in line
+    assert "stood at 1.00 (knowledge) and 0.25 (reasoning)" in line and "0.00 and +0.25" in line
 
 
 def test_plots_use_matched_cells_only(tmp_path):
