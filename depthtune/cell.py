@@ -63,7 +63,7 @@ def train(cell_dir: Path, cp, rows: list[dict], folder: Path, mdl, log):
 
     cfg, s = cp.cfg, cp.cell.settings
     student, tok = mdl.student(cp.student, cp.base_model)
-    if tok.get_vocab() != mdl.get(cp.base_model)[1].get_vocab():  # another tokenizer: it reads the teacher's text
+    if tok.get_vocab() != mdl.tokenizer(cp.base_model).get_vocab():  # another tokenizer: it reads the teacher's text
         rows = [{**r, "completion_ids": tok(r["completion"], add_special_tokens=False)["input_ids"]} for r in rows]
     rows = curriculum_order(student_rows(rows, s["targets"], tok, cfg.data.system_prompt), cfg.distill.curriculum)
     if not rows:

@@ -182,9 +182,14 @@ class Models:
             t = time.perf_counter()
             self.log(f"loading {name or models.EMBEDDED_NAME} ...")
             self._models[name] = models.load_model(name, self.cfg.model.dtype, self.cfg.model.device)
-            self._toks[name] = models.load_tokenizer(name)
+            self.tokenizer(name)
             self.log(f"  loaded in {time.perf_counter() - t:.1f} s")
         return self._models[name], self._toks[name]
+
+    def tokenizer(self, name: str | None):
+        if name not in self._toks:
+            self._toks[name] = models.load_tokenizer(name)
+        return self._toks[name]
 
     def student(self, spec: str, base: str | None):
         """A fresh, trainable copy of the untouched student."""
@@ -275,6 +280,9 @@ def run_ensemble(folder: Path, spec: dict, plan: Plan, samples: dict[str, list[d
     for k in spec["jobs"]:
         job = plan.jobs[k]
         teachers.append((*mdl.get(job.model), job.system_prompt))
+    if any(t[1].get_vocab() != teachers[0][1].get_vocab() for t in teachers):
+        raise DepthtuneError("several teachers' distributions can be averaged only over one vocabulary; these "
+                             "teachers' tokenizers differ: use sequence-level distillation (distill.alpha: 0)")
     log(f"[ensemble {folder.name}] averaging {len(teachers)} teachers over {len(rows)} samples")
     vocab = teachers[0][0].get_output_embeddings().weight.shape[0]
     ensemble.build(folder / "topk", teachers, rows, spec["topk"], vocab, log=log)
