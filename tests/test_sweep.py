@@ -181,3 +181,15 @@ def test_soft_targets_wanted_later_are_backfilled_and_ensembles_grow(teacher_dir
     assert code == 0 and "averaging 2 teachers over 12 samples" in log  # only the 3 new prompts x 2 x 2 teachers
     ens = artifacts.read_json(next((out / "ensembles").iterdir()) / "manifest.json")
     assert ens["samples"] == 24
+
+
+def test_teachers_of_two_vocabularies_cannot_be_averaged(teacher_dir, tmp_path, tokenizer_dir, capsys):
+    other = small_vocab_student(tmp_path / "other", tokenizer_dir)
+    path = write_sweep(tmp_path / "s.yaml", teacher_dir, {"teachers": [["a", "c"]], "size": [3], "method": ["lora"],
+                                                          "student": ["self"]})
+    spec = yaml.safe_load(path.read_text())
+    spec["teachers"]["c"] = {"model": str(other)}
+    path.write_text(yaml.safe_dump(spec))
+    code, _ = sweep(path, tmp_path / "out", capsys)
+    m = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert code == 1 and "averaged only over one vocabulary" in m["failed"][0]["error"]
