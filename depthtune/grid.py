@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import itertools
 import json
 import re
@@ -89,12 +88,17 @@ class Cell:
     """dotted config key -> value from generic axes."""
 
     @property
-    def id(self) -> str:
+    def slug(self) -> str:
+        """A readable folder-name stem: every setting, seed last."""
         parts = [f"{k}={_show(v)}" for k, v in self.settings.items() if k != "seed" and v is not None]
         parts += [f"{k}={_show(v)}" for k, v in sorted(self.overrides.items())]
         slug = re.sub(r"[^A-Za-z0-9=.,:_+-]", "_", ",".join(parts))[:120]
-        digest = hashlib.sha1(json.dumps([self.settings, self.overrides], sort_keys=True).encode()).hexdigest()[:6]
-        return f"{slug},seed={self.settings['seed']}-{digest}"
+        return f"{slug},seed={self.settings['seed']}"
+
+    @property
+    def key(self) -> str:
+        """Identity: two grids that name the same cell give it once."""
+        return json.dumps([self.settings, self.overrides], sort_keys=True)
 
     @property
     def group(self) -> str:
@@ -208,8 +212,8 @@ def expand(sweep: Sweep) -> list[Cell]:
             settings = {**defaults(sweep), **{k: v for k, v in picked.items() if k in AXES}}
             overrides = {k: v for k, v in picked.items() if k not in AXES}
             cell = normalise(Cell(settings, overrides), sweep, explicit=set(picked))
-            if cell.id not in seen:
-                seen.add(cell.id)
+            if cell.key not in seen:
+                seen.add(cell.key)
                 cells.append(cell)
     if not cells:
         raise DepthtuneError("the sweep's grid is empty: no cell to run")

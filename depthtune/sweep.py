@@ -165,8 +165,7 @@ def make_plan(sweep: Sweep) -> Plan:
             e["prompts"].update(prompts)
         first = sweep.teachers[s["teachers"][0]]
         plan_cfg = cfg.to_dict()
-        name = cell.id.rsplit("-", 1)[0] + "-" + digest([cell.settings, cell.overrides, plan_cfg, keys,
-                                                           dataclasses.asdict(first)])
+        name = f"{cell.slug}-" + digest([cell.settings, cell.overrides, plan_cfg, keys, dataclasses.asdict(first)])
         plans.append(CellPlan(cell, cfg, name, prompts, keys, str(s["student"]), first.model, soft, ens))
     return Plan(sweep, train, battery, plans, jobs, ensembles)
 
@@ -294,10 +293,10 @@ def untouched(folder: Path, spec: str, base: str | None, plan: Plan, mdl: Models
     if (folder / "evaluate" / "battery.json").exists():
         return
     model, tok = mdl.student(spec, base)
+    artifacts.write_json(folder / "student.json", {"student": spec, "base": base, "params": models.count_params(model)})
     log(f"[student {spec}] battery, untrained")
     evaluate.evaluate_model(folder, plan.sweep.base, "battery", model.eval(), tok, log=log, items=plan.battery,
                             cdm=plan.sweep.evaluate_cdm)
-    artifacts.write_json(folder / "student.json", {"student": spec, "base": base, "params": models.count_params(model)})
 
 
 def student_key(spec: str, base: str | None) -> str:
@@ -380,7 +379,7 @@ def run_sweep(sweep: Sweep, folder: Path, log=print, sweep_text: str | None = No
         blocked = [failed_jobs[k] for k in cp.jobs + [cp.ensemble, student_key(cp.student, cp.base_model)]
                    if k in failed_jobs]
         log(f"[cell {i + 1}/{len(plan.cells)}] {name}")
-        log("  " + progress.line(running=cp.dir_name))
+        log("  " + progress.line(running=f"cell {i + 1}"))
         start = time.perf_counter()
         try:
             if blocked:

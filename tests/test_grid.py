@@ -13,7 +13,7 @@ def sweep(axes, **extra):
 def test_product_of_axes_is_the_set_of_cells():
     cells = expand(sweep({"size": [8, 16], "method": ["full", "lora", "prompt"], "seed": [0, 1]}))
     assert len(cells) == 12
-    assert len({c.id for c in cells}) == 12
+    assert len({c.slug for c in cells}) == 12
     assert {(c.settings["size"], c.settings["method"], c.settings["seed"]) for c in cells} == {
         (s, m, seed) for s in (8, 16) for m in ("full", "lora", "prompt") for seed in (0, 1)}
     full = [c for c in cells if c.settings["method"] == "full"]
