@@ -20,7 +20,7 @@ from .battery import battery_of, best_of, transfer
 from .errors import DepthtuneError
 from .select import select
 from .students import shared_vocab_size
-from .targets import ANSWER, student_rows
+from .targets import ANSWER, retokenize, student_rows
 from .train import fit, wrap_lora
 
 
@@ -64,7 +64,7 @@ def train(cell_dir: Path, cp, rows: list[dict], folder: Path, mdl, log):
     cfg, s = cp.cfg, cp.cell.settings
     student, tok = mdl.student(cp.student, cp.base_model)
     if tok.get_vocab() != mdl.tokenizer(cp.base_model).get_vocab():  # another tokenizer: it reads the teacher's text
-        rows = [{**r, "completion_ids": tok(r["completion"], add_special_tokens=False)["input_ids"]} for r in rows]
+        rows = retokenize(rows, tok)
     rows = curriculum_order(student_rows(rows, s["targets"], tok, cfg.data.system_prompt), cfg.distill.curriculum)
     if not rows:
         raise DepthtuneError(f"no teacher sample has an 'Answer:' line to build {s['targets']} targets from")

@@ -19,7 +19,7 @@ from .config import RunConfig
 from .errors import DepthtuneError
 from .pipeline import Session, prepare, step
 from .students import prune_layers, shared_vocab_size
-from .targets import ANSWER, COT_SYSTEM, student_rows
+from .targets import ANSWER, COT_SYSTEM, retokenize, student_rows
 from .train import fit, wrap_lora
 
 def soft_targets(cfg: RunConfig) -> bool:
@@ -113,7 +113,7 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
     kwargs = {}
     if name == "distilled":
         if s_manifest["shared_vocab"] is None:  # another vocabulary: the student reads the teacher's text
-            rows = [{**r, "completion_ids": tok(r["completion"], add_special_tokens=False)["input_ids"]} for r in rows]
+            rows = retokenize(rows, tok)
         rows = curriculum_order(student_rows(rows, cfg.distill.targets, tok, cfg.data.system_prompt),
                                 cfg.distill.curriculum)
         if not rows:

@@ -35,6 +35,11 @@ def split_answer(text: str) -> tuple[str, str] | None:
     return text[:last.start()].strip(), answer
 
 
+def retokenize(rows: list[dict], tok) -> list[dict]:
+    """Teacher samples for a student with another tokenizer: its completion ids from the text."""
+    return [{**r, "completion_ids": tok(r["completion"], add_special_tokens=False)["input_ids"]} for r in rows]
+
+
 def with_prefix(item: dict, prefix: str) -> dict:
     """The same prompt item with a task prefix on its (last user) message."""
     if item.get("messages"):
