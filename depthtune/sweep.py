@@ -252,11 +252,9 @@ def topk_dirs(folder: Path) -> list[Path]:
 
 def backfill_topk(folder: Path, job: Job, rows: list[dict], mdl: Models, log) -> None:
     """Samples generated before a cell needed soft targets get their top-k rows from one forward pass."""
-    from .teacher_cache import load_cache
+    from .teacher_cache import cached_ids
 
-    have = set()
-    for d in topk_dirs(folder):
-        have.update(load_cache(d))
+    have = set().union(*(cached_ids(d) for d in topk_dirs(folder)))
     missing = [r for r in rows if r["sample_id"] not in have]
     if missing:
         model, tok = mdl.get(job.model)
@@ -267,9 +265,9 @@ def backfill_topk(folder: Path, job: Job, rows: list[dict], mdl: Models, log) ->
 
 def run_ensemble(folder: Path, spec: dict, plan: Plan, samples: dict[str, list[dict]], mdl: Models, log) -> None:
     """Averaged top-k rows for every pooled sample of the ensemble's prompts not yet cached."""
-    from .teacher_cache import load_cache
+    from .teacher_cache import cached_ids
 
-    have = set(load_cache(folder / "topk")) if (folder / "topk").exists() else set()
+    have = cached_ids(folder / "topk")
     rows = [{**r, "sample_id": f"{k}/{r['sample_id']}"} for k in spec["jobs"] for r in samples[k]
             if r["prompt_id"] in spec["prompts"]]
     rows = [r for r in rows if r["sample_id"] not in have]

@@ -62,6 +62,17 @@ def load_cache(folder: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
+def cached_ids(folder: Path) -> set[str]:
+    """The sample ids a folder of shards covers, read from the shard headers only (no tensors)."""
+    from safetensors import safe_open
+
+    out = set()
+    for shard in Path(folder).glob("chunk-*.safetensors"):
+        with safe_open(str(shard), framework="pt") as f:
+            out.update(json.loads(f.metadata()["sample_ids"]))
+    return out
+
+
 def check_matches(cache: dict, rows: list[dict]) -> None:
     """Every sample must have cached rows for exactly its completion tokens (+ eos if it stopped)."""
     for r in rows:
