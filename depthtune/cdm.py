@@ -1,7 +1,7 @@
 """CDM, the 0-100 depth score, as pure tensor functions.
 
 Every function here is a plain function of tensors: no model, no I/O. The
-scoring stage (``depthtune.score``) runs the forward passes and feeds the
+scoring stage (``depthtune.stages.score``) runs the forward passes and feeds the
 results in. docs/cdm.md gives the formulas and the reasons behind them.
 
 Shapes: B = batch, T = positions, V = vocabulary, H = heads, K = keys.

@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sweep_command(args) -> int:
     """0 when every cell finished; 1 when some failed (their errors are in the report)."""
-    from .grid import load_sweep
-    from .sweep import make_plan, run_sweep
+    from .experiments.grid import load_sweep
+    from .experiments.sweep import make_plan, run_sweep
 
     sweep = load_sweep(args.file)
     folder = Path(args.sweep_dir or Path("runs") / "sweeps" / sweep.name)
@@ -111,7 +111,7 @@ def resolve_config(args) -> RunConfig:
 
 
 def print_table(metrics: dict) -> None:
-    from .report import ROWS, _fmt
+    from .stages.report import ROWS, _fmt
 
     b, a = metrics["before"], metrics["after"]
     print(f"\n{'metric':<28}{'before':>10}{'after':>10}")
@@ -150,7 +150,16 @@ def run_stage(name: str, run_dir: Path, cfg: RunConfig, redo: bool) -> None:
 
 
 def _run_one(name: str, run_dir: Path, cfg: RunConfig) -> None:
-    from . import evaluate, generate, merge, pipeline, report, score, select, train
+    from .stages import (
+        evaluate,
+        generate,
+        merge,
+        pipeline,
+        report,
+        score,
+        select,
+        train,
+    )
 
     pipeline.prepare(run_dir, cfg)
     session = pipeline.Session(cfg)
@@ -186,14 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         resolve(cfg.model.name)  # a missing model path fails here, before anything is written
         run_dir = Path(args.run_dir)
         if args.command == "run":
-            from .pipeline import run_all
+            from .stages.pipeline import run_all
 
             metrics = run_all(run_dir, cfg)
             print_table(metrics)
             print(f"\nreport: {run_dir / 'report.md'}")
         elif args.command == "compare":
-            from .compare import run_compare
-            from .decide import render
+            from .distill.compare import run_compare
+            from .distill.decide import render
 
             resolve(cfg.distill.teacher)
             if cfg.distill.student:

@@ -135,7 +135,7 @@ class DistillConfig:
     """Learning rate of both trained students (alone and distilled, so they stay comparable); a pruned
     student needs more than the 2e-5 usual for full fine-tuning to heal."""
     targets: str = "answers"
-    """answers (sequence-level), cot (rationale + answer), answer_only or step_by_step; see depthtune.targets."""
+    """answers (sequence-level), cot (rationale + answer), answer_only or step_by_step; see depthtune.distill.targets."""
     curriculum: str = "none"
     """Order of the distilled student's examples: none (shuffled), cdm (deepest teacher samples
     first) or level (the suite's difficulty level, easy first); kept in that order every epoch."""

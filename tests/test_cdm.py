@@ -99,7 +99,7 @@ def test_combine_is_a_weighted_mean_on_0_100():
 
 
 def _rows(tok, n=4):
-    from depthtune.generate import prompt_ids
+    from depthtune.prompting import prompt_ids
 
     rows = []
     for i in range(n):
@@ -110,8 +110,9 @@ def _rows(tok, n=4):
 
 
 def test_score_is_deterministic_and_batch_independent(tiny_model_dir):
-    from depthtune import models, score
+    from depthtune import models
     from depthtune.config import ScoreConfig
+    from depthtune.stages import score
 
     tok, model = models.load_tokenizer(str(tiny_model_dir)), models.load_model(str(tiny_model_dir))
     rows = _rows(tok)
@@ -129,8 +130,9 @@ def test_score_is_deterministic_and_batch_independent(tiny_model_dir):
 
 
 def test_no_noise_gives_full_resistance_on_a_model(tiny_model_dir):
-    from depthtune import models, score
+    from depthtune import models
     from depthtune.config import ScoreConfig
+    from depthtune.stages import score
 
     tok, model = models.load_tokenizer(str(tiny_model_dir)), models.load_model(str(tiny_model_dir))
     out = score.score_rows(model, tok, _rows(tok), ScoreConfig(noise=0.0))
@@ -138,8 +140,9 @@ def test_no_noise_gives_full_resistance_on_a_model(tiny_model_dir):
 
 
 def test_empty_completion_scores_zero(tiny_model_dir):
-    from depthtune import models, score
+    from depthtune import models
     from depthtune.config import ScoreConfig
+    from depthtune.stages import score
 
     tok, model = models.load_tokenizer(str(tiny_model_dir)), models.load_model(str(tiny_model_dir))
     rows = _rows(tok, 2)

@@ -4,10 +4,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import tiny_args
 
-from conftest import tiny_args
-from depthtune import artifacts, generate
+from depthtune import artifacts
 from depthtune.cli import main
+from depthtune.stages import generate
 
 FAST = ["--max-train-prompts", "6", "--max-eval-prompts", "3"]
 

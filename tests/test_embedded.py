@@ -44,7 +44,7 @@ def test_sweep_on_the_embedded_model(tmp_path, capsys):
         assert r["params"] == 134_515_008 and r["examples"] == 3
         assert {"knowledge", "reasoning"} == set(r["battery"]["category"]) == set(r["teacher"]["category"])
     from depthtune import artifacts
-    from depthtune.grid import DEFAULT_CONTEXT
+    from depthtune.experiments.grid import DEFAULT_CONTEXT
 
     plain, context = (next((tmp_path / "out" / "teachers").glob(f"{name}-*")) for name in ("smol-answers", "smol+context"))
     assert artifacts.read_json(context / "job.json")["system_prompt"] == DEFAULT_CONTEXT

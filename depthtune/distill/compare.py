@@ -1,0 +1,181 @@
+"""`depthtune compare`: teacher, student untouched, student trained alone, student distilled.
+
+prepare -> student (given or pruned; checked) -> teacher generate (+ cached top-k) -> score -> select
+        -> train alone (reference answers, cross-entropy) -> train distilled (teacher's samples,
+           soft targets) -> evaluate all four on the held-out prompts -> compare.md / compare.json
+
+Layout of <run>: the depthtune run stages (prompts, generate, score, select, evaluate) plus
+student/, alone/, distilled/ (each a model dir + manifest) and compare.{md,json}.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+from pathlib import Path
+
+from .. import artifacts, models
+from ..config import RunConfig
+from ..errors import DepthtuneError
+from ..stages import evaluate, generate, score, select
+from ..stages.pipeline import Session, prepare, step
+from ..stages.train import fit, wrap_lora
+from .students import prune_layers, shared_vocab_size
+from .targets import ANSWER, COT_SYSTEM, retokenize, student_rows
+
+
+def soft_targets(cfg: RunConfig) -> bool:
+    """Whether the student learns the teacher's distributions (not only its text)."""
+    return cfg.distill.alpha > 0 and cfg.distill.targets in ("answers", "cot")
+
+
+def teacher_config(cfg: RunConfig) -> RunConfig:
+    """The teacher-side settings: the distill section decides teacher, k, top-k and the CDM line."""
+    t = copy.deepcopy(cfg)
+    t.model.name = cfg.distill.teacher
+    t.generate.k = cfg.distill.k
+    t.generate.topk = cfg.distill.topk if soft_targets(cfg) and not cfg.distill.online else 0
+    t.select.threshold = cfg.distill.threshold
+    if cfg.distill.targets != "answers":  # the teacher is asked to reason before answering
+        t.data.system_prompt = COT_SYSTEM
+    return t
+
+
+def student_config(cfg: RunConfig) -> RunConfig:
+    """The student side: plain prompts (no chain-of-thought instruction); no soft targets for
+    modes whose targets are not the teacher's own tokens."""
+    s = copy.deepcopy(teacher_config(cfg))
+    s.data.system_prompt = cfg.data.system_prompt
+    if not soft_targets(cfg):
+        s.distill.alpha = 0.0
+    return s
+
+
+def reference_rows(run_dir: Path, tok, system_prompt) -> list[dict]:
+    """Training rows for the student alone: each training prompt with its reference answer."""
+    rows = []
+    for item in artifacts.read_jsonl(Path(run_dir) / "prompts" / "train.jsonl"):
+        if item.get("answer") is None:
+            continue
+        rows.append({"sample_id": f"{item['id']}#ref", "prompt_ids": generate.prompt_ids(tok, item, system_prompt),
+                     "completion_ids": tok(item["answer"], add_special_tokens=False)["input_ids"], "finished": True})
+    if not rows:
+        raise DepthtuneError("the prompts carry no reference answers, so there is no 'student alone' to compare with; "
+                             "give --answer-field")
+    return rows
+
+
+def build_student(run_dir: Path, cfg: RunConfig, teacher, tok) -> dict:
+    stage = Path(run_dir) / "student"
+    d = cfg.distill
+    if d.student:
+        student, s_tok = models.load_model(d.student, cfg.model.dtype, cfg.model.device), models.load_tokenizer(d.student)
+    else:
+        keep = teacher.config.num_hidden_layers // 2 if d.student_layers is None else d.student_layers
+        student, s_tok = prune_layers(teacher, keep), tok
+    plan = getattr(student.config, "pruned_from_layers", None)
+    t_params, s_params = models.count_params(teacher), models.count_params(student)
+    if s_params >= t_params:
+        raise DepthtuneError(f"the teacher ({t_params:,} parameters) is not larger than the student "
+                             f"({s_params:,}); swap them or pick a smaller student")
+    if cfg.distill.alpha > 0:
+        vocab = shared_vocab_size(tok, s_tok, teacher.get_output_embeddings().weight.shape[0],
+                                  student.get_output_embeddings().weight.shape[0])
+    else:  # sequence-level only: the teacher's text is re-tokenized for the student, any vocabulary will do
+        vocab = None
+    with artifacts.atomic_path(stage / "model") as tmp:
+        student.save_pretrained(tmp, safe_serialization=True)
+        s_tok.save_pretrained(tmp)
+    return artifacts.write_manifest(stage, "student", cfg.to_dict(), source=d.student or "pruned teacher",
+                                    layers_kept=plan, params=s_params, teacher_params=t_params, shared_vocab=vocab)
+
+
+def curriculum_order(rows: list[dict], how: str) -> list[dict]:
+    """Easy -> hard: by CDM (deepest first) or by difficulty level (then deepest first)."""
+    if how == "cdm":
+        return sorted(rows, key=lambda r: (-r.get("cdm", 0.0), r["sample_id"]))
+    if how == "level":
+        return sorted(rows, key=lambda r: (r.get("level") or 0, -r.get("cdm", 0.0), r["sample_id"]))
+    return rows
+
+
+def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], teacher=None, log=print) -> dict:
+    """Train a fresh copy of the untouched student on rows: plain CE (alone) or soft targets (distilled)."""
+    from ..teacher_cache import check_matches, load_cache
+    from .trainer import DistillTrainer, kd_collate, kd_examples
+
+    run_dir = Path(run_dir)
+    stage = run_dir / name
+    s_manifest = artifacts.read_manifest(run_dir / "student", "student")
+    path = str(run_dir / "student" / "model")
+    student, tok = models.load_model(path, cfg.model.dtype, cfg.model.device), models.load_tokenizer(path)
+    train_cfg = dataclasses.replace(cfg.train, full=cfg.distill.method == "full", learning_rate=cfg.distill.learning_rate)
+    student = student if train_cfg.full else wrap_lora(student, train_cfg)
+    student.train()
+    kwargs = {}
+    if name == "distilled":
+        if s_manifest["shared_vocab"] is None:  # another vocabulary: the student reads the teacher's text
+            rows = retokenize(rows, tok)
+        rows = curriculum_order(student_rows(rows, cfg.distill.targets, tok, cfg.data.system_prompt),
+                                cfg.distill.curriculum)
+        if not rows:
+            raise DepthtuneError(f"no teacher sample has an 'Answer:' line to build {cfg.distill.targets} targets "
+                                 f"from; use --set distill.targets=cot or answers")
+        kwargs["sequential"] = cfg.distill.curriculum != "none"
+        if cfg.distill.alpha > 0:  # soft targets; with alpha = 0 it is plain cross-entropy on the teacher's text
+            cache = None
+            if teacher is None:
+                cache = load_cache(run_dir / "generate" / "topk")
+                check_matches(cache, rows)
+            kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache),
+                          collate_fn=lambda b: kd_collate(b, tok.pad_token_id), kd=cfg.distill, teacher=teacher,
+                          vocab=s_manifest["shared_vocab"])
+    model, seconds, loss = fit(student, tok, rows, train_cfg, stage, log=log, **kwargs)
+    model = model if train_cfg.full else model.merge_and_unload()
+    with artifacts.atomic_path(stage / "model") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    shutil.rmtree(stage / "checkpoints", ignore_errors=True)
+    return artifacts.write_manifest(stage, name, cfg.to_dict(), examples=len(rows), train_seconds=round(seconds, 2),
+                                    final_loss=round(float(loss), 5), method=cfg.distill.method,
+                                    targets=cfg.distill.targets if name == "distilled" else "reference answers",
+                                    teacher=None if name != "distilled" else "online" if teacher is not None
+                                    else "cached top-k" if cfg.distill.alpha > 0 else "sequence-level only")
+
+
+def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
+    from .decide import write_report
+
+    run_dir = Path(run_dir)
+    tcfg, scfg = teacher_config(cfg), student_config(cfg)
+    session = Session(tcfg, log)
+
+    def once(name: str, done: bool, fn):
+        return step(name, done, fn, log)
+
+    once("prepare", False, lambda: prepare(run_dir, cfg))  # the user's settings: a rerun derives both sides again
+    # the student first: its size and vocabulary checks fail before any teacher generation is spent
+    once("student", artifacts.is_done(run_dir / "student"), lambda: build_student(run_dir, scfg, *session.base()))
+    once("generate", artifacts.is_done(run_dir / "generate"), lambda: generate.run(run_dir, tcfg, *session.base()))
+    once("score", artifacts.is_done(run_dir / "score"), lambda: score.run(run_dir, tcfg, *session.base()))
+    once("select", artifacts.is_done(run_dir / "select"), lambda: select.run(run_dir, tcfg))
+    once("evaluate-teacher", (run_dir / "evaluate" / "teacher.json").exists(),
+         lambda: evaluate.evaluate_model(run_dir, tcfg, "teacher", *session.base(), log=log))
+    teacher = session.base()[0] if cfg.distill.online and scfg.distill.alpha > 0 else None
+    if teacher is None:
+        session._model = None  # the cached top-k rows stand in for the teacher from here on
+    tok = models.load_tokenizer(str(run_dir / "student" / "model"))  # the student's own tokenizer
+    once("alone", artifacts.is_done(run_dir / "alone"),
+         lambda: train_student(run_dir, scfg, "alone", reference_rows(run_dir, tok, cfg.data.system_prompt), log=log))
+    once("distilled", artifacts.is_done(run_dir / "distilled"),
+         lambda: train_student(run_dir, scfg, "distilled",
+                               artifacts.read_jsonl(run_dir / "select" / "selected.jsonl"), teacher, log=log))
+    session._model = teacher = None
+    for name in ("student", "alone", "distilled"):
+        if not (run_dir / "evaluate" / f"{name}.json").exists():
+            path = str(run_dir / name / "model")
+            pair = models.load_model(path, cfg.model.dtype, cfg.model.device), models.load_tokenizer(path)
+            prefix = ANSWER if name == "distilled" and cfg.distill.targets == "step_by_step" else ""
+            once(f"evaluate-{name}", False,
+                 lambda: evaluate.evaluate_model(run_dir, scfg, name, *pair, log=log, prefix=prefix))
+    return write_report(run_dir, cfg)

@@ -1,0 +1,76 @@
+"""Teacher -> student training with soft targets: online teacher or cached top-k logits.
+
+The same loop as depthtune.stages.train (HF Trainer: checkpoints, resume), with compute_loss
+swapped for depthtune.distill.losses.chunked_kd_loss over the completion tokens: the student's
+final hidden states and LM head, and the teacher's (online) or its cached top-k rows.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import Trainer
+
+from ..config import DistillConfig
+from ..errors import DepthtuneError
+from ..stages.train import build_example, collate
+from .losses import IGNORE, chunked_kd_loss
+
+
+def split_head(model):
+    """-> (backbone returning last_hidden_state, LM-head linear) of a causal LM, PEFT-wrapped or not."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = inner.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise DepthtuneError(f"{type(inner).__name__} has a biased LM head, which logit distillation "
+                             f"does not support yet; use sequence-level distillation (--set distill.alpha=0)")
+    return getattr(inner, inner.base_model_prefix), head
+
+
+def kd_examples(rows: list[dict], eos_id: int, cache: dict | None) -> list[dict]:
+    """Training examples; with a cache, each carries its [n_targets, k] teacher rows."""
+    out = []
+    for r in rows:
+        ex = build_example(r, eos_id)
+        if cache is not None:
+            ids, logp = cache[r["sample_id"]]
+            ex["top_ids"], ex["top_logp"] = ids, logp
+        out.append(ex)
+    return out
+
+
+def kd_collate(examples: list[dict], pad_id: int) -> dict:
+    batch = collate(examples, pad_id)
+    if "top_ids" in examples[0]:  # rows in the order of the batch's valid target positions
+        batch["top_ids"] = torch.cat([e["top_ids"] for e in examples])
+        batch["top_logp"] = torch.cat([e["top_logp"] for e in examples])
+    return batch
+
+
+class DistillTrainer(Trainer):
+    """Trainer whose loss is the chunked distillation loss (see depthtune.distill.losses)."""
+
+    def __init__(self, *args, kd: DistillConfig, teacher=None, vocab: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kd, self.teacher, self.vocab = kd, teacher, vocab
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"][:, 1:]  # hidden state t predicts token t + 1
+        backbone, head = split_head(model)
+        hidden = backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        valid = labels != IGNORE
+        h, y = hidden[:, :-1][valid], labels[valid]  # [N, D], [N]
+        opts = dict(kind=self.kd.kind, tau=self.kd.temperature, alpha=self.kd.alpha, beta=self.kd.beta,
+                    chunk=self.kd.chunk)
+        if self.teacher is not None:
+            t_backbone, t_head = split_head(self.teacher)
+            with torch.no_grad():
+                t_hidden = t_backbone(input_ids=inputs["input_ids"].to(self.teacher.device),
+                                      attention_mask=inputs["attention_mask"].to(self.teacher.device)).last_hidden_state
+            t_h = t_hidden[:, :-1][valid.to(t_hidden.device)].to(h.device)
+            loss = chunked_kd_loss(h, head.weight[:self.vocab], y, teacher_hidden=t_h,
+                                   teacher_weight=t_head.weight[:self.vocab].to(h.device), **opts)
+        else:
+            if inputs["top_ids"].shape[0] != y.shape[0]:
+                raise DepthtuneError("cached teacher rows do not line up with the batch's target tokens")
+            loss = chunked_kd_loss(h, head.weight[:self.vocab], y, top_ids=inputs["top_ids"],
+                                   top_logp=inputs["top_logp"], **opts)
+        return (loss, None) if return_outputs else loss

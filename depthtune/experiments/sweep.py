@@ -1,0 +1,258 @@
+"""`depthtune sweep sweep.yaml`: every cell of a grid, teacher work shared, resumable.
+
+plan (prompts, each cell's training prompts, the shared teacher jobs; every check)
+  -> teacher jobs (generate [+ top-k] [+ CDM], evaluate on the battery; once per set-up)
+  -> ensembles (averaged distributions, for cells with several teachers)
+  -> untouched students (battery) -> cells (train, evaluate; experiments.cell) -> report
+
+Layout of <sweep dir>:
+  sweep.yaml                     the file as given (copied on every start)
+  prompts/{train,eval}.jsonl     the training pool and the battery
+  teachers/<job>/                job.json, gen-NNN/ (one generation round: partial rows, topk/),
+                                 samples.jsonl, scores.jsonl (CDM, when a cell needs it),
+                                 evaluate/battery.{jsonl,json}
+  ensembles/<key>/topk/          averaged top-k shards
+  students/<key>/evaluate/       the untouched student on the battery
+  cells/<cell>/                  cell.json, train/ (checkpoints while running), adapter/ (LoRA),
+                                 evaluate/battery.*, result.json (done) or error.json (failed)
+  sweep.json, sweep_report.md, sweep_report.html, plots/
+
+A job is keyed by everything that changes its output (model, context, mode, sampling, top-k),
+so two cells share it exactly when they would have produced the same samples. Teacher
+sampling uses base generate.seed in every cell: seeds vary the training data drawn and the
+training run, not the teacher's samples.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import time
+from pathlib import Path
+
+from .. import artifacts, models
+from ..config import RunConfig
+from ..distill import ensemble
+from ..errors import DepthtuneError
+from ..stages import evaluate, generate
+from ..stages.score import judge, score_rows
+from .grid import Sweep
+from .plan import Job, Plan, make_plan, student_key, topk_dirs
+
+
+class Models:
+    """Teacher models loaded once per sweep; students copied or pruned from them per cell."""
+
+    def __init__(self, cfg: RunConfig, log):
+        self.cfg, self.log, self._models, self._toks = cfg, log, {}, {}
+
+    def get(self, name: str | None):
+        if name not in self._models:
+            t = time.perf_counter()
+            self.log(f"loading {name or models.EMBEDDED_NAME} ...")
+            self._models[name] = models.load_model(name, self.cfg.model.dtype, self.cfg.model.device)
+            self.tokenizer(name)
+            self.log(f"  loaded in {time.perf_counter() - t:.1f} s")
+        return self._models[name], self._toks[name]
+
+    def tokenizer(self, name: str | None):
+        if name not in self._toks:
+            self._toks[name] = models.load_tokenizer(name)
+        return self._toks[name]
+
+    def student(self, spec: str, base: str | None):
+        """A fresh, trainable copy of the untouched student."""
+        import copy
+
+        from ..distill.students import prune_layers
+
+        teacher, tok = self.get(base)
+        if spec == "self":
+            return copy.deepcopy(teacher), tok
+        if spec.startswith("pruned:"):
+            n = spec.split(":", 1)[1]
+            return prune_layers(teacher, teacher.config.num_hidden_layers // 2 if n == "half" else int(n)), tok
+        return (models.load_model(spec, self.cfg.model.dtype, self.cfg.model.device), models.load_tokenizer(spec))
+
+
+def run_job(folder: Path, job: Job, plan: Plan, mdl: Models, log) -> list[dict]:
+    """Generate (only prompts not yet sampled), judge, score if needed, evaluate; -> all samples."""
+    folder.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(folder / "job.json", {**dataclasses.asdict(job), "prompts": sorted(job.prompts)})
+    samples = folder / "samples.jsonl"
+    rows = artifacts.read_jsonl(samples) if samples.exists() else []
+    have = {r["prompt_id"] for r in rows}
+    missing = [it for it in plan.train if it["id"] in job.prompts and it["id"] not in have]
+    if missing:
+        rounds = sorted(folder.glob("gen-*"))
+        rnd = folder / f"gen-{len([r for r in rounds if (r / 'done.json').exists()]):03d}"
+        rnd.mkdir(parents=True, exist_ok=True)
+        model, tok = mdl.get(job.model)
+        g = job.gen
+        log(f"[teacher {job.key}] sampling {len(missing)} prompts x {g['k']}")
+        new, _ = generate.sample_all(model, tok, missing, rnd / "samples.partial.jsonl", k=g["k"],
+                                     temperature=g["temperature"], top_p=g["top_p"], max_new_tokens=g["max_new_tokens"],
+                                     batch_size=g["batch_size"], seed=g["seed"], system_prompt=job.system_prompt,
+                                     topk=job.topk, progress=log)
+        rows += [{**r, "correct": judge(r), "cdm": None} for r in new]
+        artifacts.write_jsonl(samples, rows)
+        artifacts.write_json(rnd / "done.json", {"prompts": len(missing), "samples": len(new), "topk": job.topk})
+        (rnd / "samples.partial.jsonl").unlink(missing_ok=True)
+    if job.topk:
+        backfill_topk(folder, job, rows, mdl, log)
+    if job.needs_cdm:
+        model, tok = mdl.get(job.model)
+        scored = score_rows(model, tok, rows, plan.sweep.base.score, folder / "scores.jsonl", progress=log)
+        rows = [{**r, "cdm": s["cdm"]} for r, s in zip(rows, scored)]
+    if not (folder / "evaluate" / "battery.json").exists():
+        model, tok = mdl.get(job.model)
+        cfg = dataclasses.replace(plan.sweep.base)
+        cfg.data = dataclasses.replace(cfg.data, system_prompt=job.system_prompt)
+        cfg.evaluate = dataclasses.replace(cfg.evaluate, max_new_tokens=job.eval_tokens)
+        log(f"[teacher {job.key}] battery")
+        evaluate.evaluate_model(folder, cfg, "battery", model, tok, log=log, items=plan.battery,
+                                cdm=plan.sweep.evaluate_cdm)
+    return rows
+
+
+def backfill_topk(folder: Path, job: Job, rows: list[dict], mdl: Models, log) -> None:
+    """Samples generated before a cell needed soft targets get their top-k rows from one forward pass."""
+    from ..teacher_cache import cached_ids
+
+    have = set().union(*(cached_ids(d) for d in topk_dirs(folder)))
+    missing = [r for r in rows if r["sample_id"] not in have]
+    if missing:
+        model, tok = mdl.get(job.model)
+        log(f"[teacher {job.key}] top-{job.topk} rows for {len(missing)} earlier samples")
+        ensemble.build(folder / "topk-backfill", [(model, tok, job.system_prompt)], missing, job.topk,
+                       model.get_output_embeddings().weight.shape[0], log=log)
+
+
+def run_ensemble(folder: Path, spec: dict, plan: Plan, samples: dict[str, list[dict]], mdl: Models, log) -> None:
+    """Averaged top-k rows for every pooled sample of the ensemble's prompts not yet cached."""
+    from ..teacher_cache import cached_ids
+
+    have = cached_ids(folder / "topk")
+    rows = [{**r, "sample_id": f"{k}/{r['sample_id']}"} for k in spec["jobs"] for r in samples[k]
+            if r["prompt_id"] in spec["prompts"]]
+    rows = [r for r in rows if r["sample_id"] not in have]
+    if not rows:
+        return
+    teachers = []
+    for k in spec["jobs"]:
+        job = plan.jobs[k]
+        teachers.append((*mdl.get(job.model), job.system_prompt))
+    if any(t[1].get_vocab() != teachers[0][1].get_vocab() for t in teachers):
+        raise DepthtuneError("several teachers' distributions can be averaged only over one vocabulary; these "
+                             "teachers' tokenizers differ: use sequence-level distillation (distill.alpha: 0)")
+    log(f"[ensemble {folder.name}] averaging {len(teachers)} teachers over {len(rows)} samples")
+    vocab = teachers[0][0].get_output_embeddings().weight.shape[0]
+    ensemble.build(folder / "topk", teachers, rows, spec["topk"], vocab, log=log)
+    artifacts.write_manifest(folder, "ensemble", {}, jobs=spec["jobs"], samples=len(have) + len(rows),
+                             topk=spec["topk"])
+
+
+def untouched(folder: Path, spec: str, base: str | None, plan: Plan, mdl: Models, log) -> None:
+    if (folder / "evaluate" / "battery.json").exists():
+        return
+    model, tok = mdl.student(spec, base)
+    artifacts.write_json(folder / "student.json", {"student": spec, "base": base, "params": models.count_params(model)})
+    log(f"[student {spec}] battery, untrained")
+    evaluate.evaluate_model(folder, plan.sweep.base, "battery", model.eval(), tok, log=log, items=plan.battery,
+                            cdm=plan.sweep.evaluate_cdm)
+
+
+class Progress:
+    def __init__(self, total: int, folder: Path, log):
+        self.total, self.folder, self.log = total, folder, log
+        self.done = self.failed = self.skipped = 0
+        self.times: list[float] = []
+
+    def line(self, running: str | None = None) -> str:
+        left = self.total - self.done - self.failed
+        eta = ""
+        if self.times and left:
+            eta = f", ~{sum(self.times) / len(self.times) * left / 60:.0f} min left"
+        text = f"cells: {self.done} done, {self.failed} failed, {left} to go{eta}"
+        artifacts.write_json(self.folder / "progress.json", {"done": self.done, "failed": self.failed, "left": left,
+                                                             "running": running, "total": self.total})
+        return text + (f" | running {running}" if running else "")
+
+
+def timed(folder: Path, phase: str, key: str, fn):
+    """Run fn and append its wall seconds to <sweep>/timings.jsonl (work done in this process only)."""
+    start = time.perf_counter()
+    out = fn()
+    artifacts.append_jsonl(folder / "timings.jsonl", [{"phase": phase, "key": key,
+                                                       "seconds": round(time.perf_counter() - start, 2)}])
+    return out
+
+
+def shared_work(plan: Plan, folder: Path, mdl: Models, log) -> tuple[dict, dict]:
+    """Teacher jobs, ensembles, untouched students -> (samples per job, {failed key: error})."""
+    samples, failed = {}, {}
+    for key, job in plan.jobs.items():
+        try:
+            samples[key] = timed(folder, "teacher", key, lambda: run_job(folder / "teachers" / key, job, plan, mdl, log))
+        except DepthtuneError as e:
+            failed[key] = str(e)
+            log(f"[teacher {key}] failed: {e}")
+    for key, spec in plan.ensembles.items():
+        if not any(k in failed for k in spec["jobs"]):
+            try:
+                timed(folder, "ensemble", key,
+                      lambda: run_ensemble(folder / "ensembles" / key, spec, plan, samples, mdl, log))
+            except DepthtuneError as e:
+                failed[key] = str(e)
+    students = {student_key(cp.student, cp.base_model): (cp.student, cp.base_model) for cp in plan.cells}
+    for key, (spec, base) in students.items():
+        try:
+            timed(folder, "student", key, lambda: untouched(folder / "students" / key, spec, base, plan, mdl, log))
+        except DepthtuneError as e:
+            failed[key] = str(e)
+    return samples, failed
+
+
+def run_sweep(sweep: Sweep, folder: Path, log=print, sweep_text: str | None = None) -> dict:
+    from .cell import run_cell
+    from .report import write_report
+
+    folder = Path(folder)
+    plan = make_plan(sweep)  # every check, before anything is written
+    folder.mkdir(parents=True, exist_ok=True)
+    if sweep_text is not None:
+        artifacts.write_text(folder / "sweep.yaml", sweep_text)
+    artifacts.write_jsonl(folder / "prompts" / "train.jsonl", plan.train)
+    artifacts.write_jsonl(folder / "prompts" / "eval.jsonl", plan.battery)
+    log(f"sweep '{sweep.name}': {len(plan.cells)} cells, {len(plan.jobs)} teacher jobs, "
+        f"{len(plan.ensembles)} ensembles, battery of {len(plan.battery)} held-out prompts")
+    mdl = Models(sweep.base, log)
+    samples, failed_jobs = timed(folder, "shared", "all", lambda: shared_work(plan, folder, mdl, log))
+    progress = Progress(len(plan.cells), folder, log)
+    for i, cp in enumerate(plan.cells):
+        cell_dir, name = folder / "cells" / cp.dir_name, f"{cp.cell.group}, seed={cp.cell.settings['seed']}"
+        if (cell_dir / "result.json").exists():
+            progress.done += 1
+            log(f"[cell {i + 1}/{len(plan.cells)}] already finished, skipped: {name}")
+            continue
+        blocked = [failed_jobs[k] for k in cp.jobs + [cp.ensemble, student_key(cp.student, cp.base_model)]
+                   if k in failed_jobs]
+        log(f"[cell {i + 1}/{len(plan.cells)}] {name}")
+        log("  " + progress.line(running=f"cell {i + 1}"))
+        start = time.perf_counter()
+        try:
+            if blocked:
+                raise DepthtuneError(f"shared teacher work failed: {blocked[0]}")
+            timed(folder, "cell", cp.dir_name, lambda: run_cell(cell_dir, cp, plan, samples, mdl, folder, log))
+            progress.done += 1
+            progress.times.append(time.perf_counter() - start)
+            (cell_dir / "error.json").unlink(missing_ok=True)
+        except Exception as e:  # recorded with its message; the sweep goes on (Ctrl-C still stops it)
+            progress.failed += 1
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if not isinstance(e, DepthtuneError):
+                message = f"{type(e).__name__}: {message}"
+            artifacts.write_json(cell_dir / "error.json", {"error": message, "settings": cp.cell.settings})
+            log(f"  cell failed: {message}")
+        gc.collect()
+        log("  " + progress.line())
+    return write_report(folder, plan)

@@ -1,0 +1,134 @@
+"""Stage 6, evaluate: base and tuned model on held-out prompts they never trained on.
+
+Reads  <run>/prompts/eval.jsonl, <run>/merge/manifest.json (where the tuned model is)
+Writes <run>/evaluate/{base,tuned}.jsonl and {base,tuned}.json (summaries), + manifest.json
+
+The same sampler and CDM scorer as the training side, so a CDM line means the same
+thing in both places. Answers are greedy by default (evaluate.temperature = 0).
+"""
+from __future__ import annotations
+
+import gc
+import threading
+from pathlib import Path
+
+import torch
+
+from .. import artifacts
+from ..config import RunConfig
+from ..models import count_params
+from .generate import sample_all
+from .score import judge, score_rows
+
+WHICH = ("base", "tuned")
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+    except OSError:  # not Linux: the process high-water mark is the best we have
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _trim_heap() -> None:
+    """Give freed heap back to the OS, so RSS growth measures this phase, not what came before."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: measure as is
+        pass
+
+
+class PeakMemory:
+    """Peak memory of a phase: CUDA allocator peak, or on CPU the model's weights plus the
+    peak growth of resident memory above the phase's start (sampled every 20 ms)."""
+
+    def __init__(self, model):
+        self.model, self.device = model, next(model.parameters()).device
+        self.weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+
+    def __enter__(self):
+        gc.collect()
+        _trim_heap()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.start = self.peak = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        if self.device.type == "cuda":
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.mb = self.weights_mb + max(0.0, self.peak - self.start)
+
+
+def summarise(rows: list[dict], gen_seconds: float, peak_mb: float, deep_line: float) -> dict:
+    n = max(1, len(rows))
+    tokens = sum(len(r["completion_ids"]) for r in rows)
+    judged = [r["correct"] for r in rows if r.get("correct") is not None]
+    scored = all(r.get("cdm") is not None for r in rows)  # a sweep may evaluate without CDM
+    return {
+        "samples": len(rows),
+        "mean_cdm": round(sum(r["cdm"] for r in rows) / n, 3) if scored else None,
+        "deep_rate": round(sum(r["cdm"] >= deep_line for r in rows) / n, 4) if scored else None,
+        "accuracy": round(sum(judged) / len(judged), 4) if judged else None,
+        "mean_completion_tokens": round(tokens / n, 2),
+        "ms_per_token": round(1000 * gen_seconds / max(1, tokens), 3) if gen_seconds else None,
+        "peak_memory_mb": round(peak_mb, 1),
+    }
+
+
+def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=print, prefix: str = "",
+                   items: list[dict] | None = None, cdm: bool = True) -> dict:
+    """Answer and score every held-out prompt with `model`; resumable; -> summary.
+
+    `prefix` goes before every prompt (a step-by-step student is asked with "[answer] ").
+    `items` replaces <run>/prompts/eval.jsonl; cdm=False judges answers without the CDM passes.
+    """
+    stage_dir = Path(run_dir) / "evaluate"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = stage_dir / f"{which}.json"
+    if summary_path.exists():
+        return artifacts.read_json(summary_path)
+    if items is None:
+        items = artifacts.read_jsonl(Path(run_dir) / "prompts" / "eval.jsonl")
+    if prefix:
+        from ..prompting import with_prefix
+
+        items = [with_prefix(it, prefix) for it in items]
+    e = cfg.evaluate
+    log(f"evaluate[{which}]: {len(items)} held-out prompts")
+    with PeakMemory(model) as mem:
+        rows, secs = sample_all(model, tok, items, stage_dir / f"{which}.samples.partial.jsonl", k=1,
+                                temperature=e.temperature, top_p=cfg.generate.top_p, max_new_tokens=e.max_new_tokens,
+                                batch_size=e.batch_size, seed=e.seed, system_prompt=cfg.data.system_prompt, progress=log)
+    if cdm:
+        scored = score_rows(model, tok, rows, cfg.score, stage_dir / f"{which}.scored.partial.jsonl", progress=log)
+    else:
+        scored = [{**r, "cdm": None, "correct": judge(r)} for r in rows]
+    artifacts.write_jsonl(stage_dir / f"{which}.jsonl", scored)
+    summary = summarise(scored, secs, mem.mb, e.deep_line)
+    summary["params"] = count_params(model)
+    artifacts.write_json(summary_path, summary)
+    for suffix in ("samples", "scored"):
+        (stage_dir / f"{which}.{suffix}.partial.jsonl").unlink(missing_ok=True)
+    return summary
+
+
+def finish(run_dir: Path, cfg: RunConfig) -> dict:
+    stage_dir = Path(run_dir) / "evaluate"
+    summaries = {w: artifacts.read_json(stage_dir / f"{w}.json") for w in WHICH}
+    return artifacts.write_manifest(stage_dir, "evaluate", cfg.to_dict(), **summaries)

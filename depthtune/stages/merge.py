@@ -1,0 +1,45 @@
+"""Stage 5, merge: fold the LoRA adapter into the base weights; save a plain HF model directory.
+
+Reads  <run>/train/manifest.json (names the base model) and <run>/train/adapter/
+Writes <run>/merge/model/ (safetensors + config + tokenizer), + manifest.json
+
+After --full training the trained model already is the tuned model: the manifest
+points at <run>/train/model and nothing is copied.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import artifacts
+from ..config import RunConfig
+
+
+def merge_adapter(base_model, adapter_dir: Path):
+    """PeftModel.from_pretrained + merge_and_unload: W = W0 + (alpha / r) B A, adapter gone."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
+
+
+def run(run_dir: Path, cfg: RunConfig, load_base, trained_model=None) -> tuple[dict, object]:
+    """-> (manifest, tuned model or None).
+
+    `load_base(name)` loads the base model named in the train manifest; `run` passes the
+    (model, tokenizer) it just trained instead, which saves loading the base again.
+    """
+    run_dir = Path(run_dir)
+    stage_dir = run_dir / "merge"
+    trained = artifacts.read_manifest(run_dir / "train", "train")
+    if trained["method"] == "full":
+        return artifacts.write_manifest(stage_dir, "merge", cfg.to_dict(), model_dir="train/model",
+                                        base_model=trained["base_model"], merged=False), trained_model[0] if trained_model else None
+    if trained_model is not None:
+        merged, tok = trained_model[0].merge_and_unload(), trained_model[1]
+    else:
+        base, tok = load_base(trained["base_model"])
+        merged = merge_adapter(base, run_dir / "train" / "adapter")
+    with artifacts.atomic_path(stage_dir / "model") as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return artifacts.write_manifest(stage_dir, "merge", cfg.to_dict(), model_dir="merge/model",
+                                    base_model=trained["base_model"], merged=True), merged

@@ -1,0 +1,112 @@
+"""`depthtune run`: the stages in order over one run directory, each skipped when finished.
+
+prepare -> generate -> score -> evaluate[base] -> select -> train -> merge -> evaluate[tuned] -> report
+
+The base model is loaded once and reused by generate, score and the base evaluation;
+training then wraps it, and the merged model is evaluated without a reload.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .. import artifacts, models
+from ..config import RunConfig, dump_config
+from ..data import load_prompts
+from . import evaluate, generate, merge, report, score, select, train
+
+
+class Session:
+    """Lazily loaded base model and tokenizer, shared by the stages of one command."""
+
+    def __init__(self, cfg: RunConfig, log=print):
+        self.cfg, self.log = cfg, log
+        self._model = self._tok = None
+
+    def tokenizer(self):
+        if self._tok is None:
+            self._tok = models.load_tokenizer(self.cfg.model.name)
+        return self._tok
+
+    def base(self):
+        """-> (model, tok): a clean base model (reloaded if training changed the one in memory)."""
+        if self._model is None:
+            t = time.perf_counter()
+            self.log(f"loading {self.cfg.model.name or models.EMBEDDED_NAME} ...")
+            self._model = models.load_model(self.cfg.model.name, self.cfg.model.dtype, self.cfg.model.device)
+            self.log(f"  loaded in {time.perf_counter() - t:.1f} s")
+        return self._model, self.tokenizer()
+
+    def take_base(self):
+        """Hand the base model over to be changed (training); the next base() reloads."""
+        model, tok = self.base()
+        self._model = None
+        return model, tok
+
+    def load(self, name: str | None):
+        return models.load_model(name, self.cfg.model.dtype, self.cfg.model.device), models.load_tokenizer(name)
+
+
+def prepare(run_dir: Path, cfg: RunConfig) -> dict:
+    """Write the train / held-out prompt lists (once) and the resolved config."""
+    run_dir = Path(run_dir)
+    stage_dir = run_dir / "prompts"
+    if artifacts.is_done(stage_dir):
+        manifest = artifacts.read_json(artifacts.manifest_path(stage_dir))
+    else:
+        train_items, held = load_prompts(cfg.data)  # fails before anything is written
+        artifacts.write_jsonl(stage_dir / "train.jsonl", train_items)
+        artifacts.write_jsonl(stage_dir / "eval.jsonl", held)
+        manifest = artifacts.write_manifest(stage_dir, "prompts", cfg.to_dict(), train=len(train_items),
+                                            eval=len(held), with_answers=sum(p["answer"] is not None for p in train_items))
+    artifacts.write_text(run_dir / "config.yaml", dump_config(cfg))
+    return manifest
+
+
+def tuned_model(run_dir: Path, session: Session):
+    m = artifacts.read_manifest(Path(run_dir) / "merge", "merge")
+    path = str(Path(run_dir) / m["model_dir"])
+    return models.load_model(path, session.cfg.model.dtype, session.cfg.model.device), models.load_tokenizer(path)
+
+
+def step(name: str, done: bool, fn, log=print, timings: dict | None = None):
+    """Run one stage unless it is finished; record its wall seconds in `timings`."""
+    if done:
+        log(f"[{name}] already finished, skipped")
+        return None
+    log(f"[{name}]")
+    start = time.perf_counter()
+    out = fn()
+    if timings is not None:
+        timings[name] = round(time.perf_counter() - start, 2)
+    return out
+
+
+def run_all(run_dir: Path, cfg: RunConfig, log=print) -> dict:
+    run_dir = Path(run_dir)
+    session, timings = Session(cfg, log), {}
+
+    def stage(name: str, done: bool, fn):
+        return step(name, done, fn, log, timings)
+
+    def train_base():
+        base, tok = session.take_base()  # training changes it in place
+        return train.run(run_dir, cfg, base, tok)[1], tok
+
+    stage("prepare", False, lambda: prepare(run_dir, cfg))
+    stage("generate", artifacts.is_done(run_dir / "generate"), lambda: generate.run(run_dir, cfg, *session.base()))
+    stage("score", artifacts.is_done(run_dir / "score"), lambda: score.run(run_dir, cfg, *session.base()))
+    stage("evaluate-base", (run_dir / "evaluate" / "base.json").exists(),
+          lambda: evaluate.evaluate_model(run_dir, cfg, "base", *session.base(), log=log))
+    stage("select", artifacts.is_done(run_dir / "select"), lambda: select.run(run_dir, cfg))
+    trained = stage("train", artifacts.is_done(run_dir / "train"), train_base)
+    merged = stage("merge", artifacts.is_done(run_dir / "merge"), lambda: merge.run(run_dir, cfg, session.load, trained))
+    tuned = merged[1] if merged else None
+    if not (run_dir / "evaluate" / "tuned.json").exists():
+        session._model = None  # free the base before the tuned model is loaded
+        pair = (tuned.eval(), session.tokenizer()) if tuned is not None else tuned_model(run_dir, session)
+        stage("evaluate-tuned", False, lambda: evaluate.evaluate_model(run_dir, cfg, "tuned", *pair, log=log))
+    evaluate.finish(run_dir, cfg)
+    metrics = stage("report", False, lambda: report.run(run_dir))
+    artifacts.write_json(run_dir / "timings.json", timings)
+    return metrics

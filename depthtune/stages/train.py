@@ -1,0 +1,145 @@
+"""Stage 4, train: a LoRA adapter (or, with --full, all weights) on the selected samples.
+
+Reads  <run>/select/selected.jsonl
+Writes <run>/train/adapter/ (PEFT format) or <run>/train/model/ (--full), + manifest.json
+       <run>/train/checkpoints/ while running: a rerun resumes from the last one.
+
+The loss is plain next-token cross-entropy on completion tokens only: prompt and
+padding labels are -100. HF Trainer gives the loop, checkpoints and resume.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .. import artifacts
+from ..config import RunConfig, TrainConfig
+from ..models import count_params
+
+IGNORE = -100
+
+
+def build_example(row: dict, eos_id: int) -> dict:
+    """Prompt ids + completion ids (+ eos when the sample stopped by itself); prompt masked."""
+    completion = row["completion_ids"] + ([eos_id] if row.get("finished") else [])
+    return {"input_ids": row["prompt_ids"] + completion,
+            "labels": [IGNORE] * len(row["prompt_ids"]) + completion}
+
+
+def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: input_ids/attention_mask/labels [B, T]; padding is masked in labels."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def wrap_lora(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+class _Elapsed:
+    """Keeps training seconds across interruptions: saved beside every checkpoint."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.before = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+        self.start = time.perf_counter()
+
+    def total(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def save(self) -> None:
+        artifacts.write_json(self.path, {"seconds": self.total()})
+
+
+def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print, trainer_cls=None,
+        examples: list | None = None, collate_fn=None, sequential: bool = False, **trainer_kwargs):
+    """Train `model` (already LoRA-wrapped or not) on rows; checkpoints in out_dir/checkpoints.
+
+    trainer_cls / examples / collate_fn / trainer_kwargs let distillation swap the loss
+    (depthtune.distill) while keeping this loop, its checkpoints and resume. sequential keeps
+    the rows' order in every epoch (a curriculum) instead of shuffling.
+    -> (model, seconds, final loss).
+    """
+    from datasets import Dataset
+    from transformers import (
+        PrinterCallback,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    elapsed = _Elapsed(out_dir / "elapsed.json")
+    device = next(model.parameters()).device
+    lr = cfg.learning_rate or (2e-5 if cfg.full else 2e-4)
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, learning_rate=lr,
+        lr_scheduler_type="linear", warmup_steps=0, logging_steps=1, save_strategy="steps",
+        save_steps=cfg.save_steps, save_total_limit=2, report_to="none", disable_tqdm=True, seed=cfg.seed,
+        use_cpu=device.type == "cpu", bf16=next(model.parameters()).dtype == torch.bfloat16,
+        remove_unused_columns=False, dataloader_num_workers=0,
+        train_sampling_strategy="sequential" if sequential else "random")
+
+    class Progress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                log(f"  step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}")
+
+        def on_save(self, args, state, control, **kw):
+            elapsed.save()
+
+    if examples is None:
+        examples = Dataset.from_list([build_example(r, tok.eos_token_id) for r in rows])
+    trainer = (trainer_cls or Trainer)(model=model, args=args, train_dataset=examples,
+                                       data_collator=collate_fn or (lambda b: collate(b, tok.pad_token_id)),
+                                       callbacks=[Progress()], **trainer_kwargs)
+    trainer.remove_callback(PrinterCallback)  # Progress prints the one line we want
+    last = get_last_checkpoint(str(ckpt_dir))
+    if last:
+        log(f"  resuming from {Path(last).name}")
+    result = trainer.train(resume_from_checkpoint=last)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return model.eval(), elapsed.total(), (losses[-1] if losses else result.training_loss)
+
+
+def run(run_dir: Path, cfg: RunConfig, model, tok) -> tuple[dict, object]:
+    """`model` is the base as loaded; it is wrapped (LoRA) or trained in place (--full).
+
+    -> (manifest, trained model).
+    """
+    stage_dir = Path(run_dir) / "train"
+    rows = artifacts.read_jsonl(Path(run_dir) / "select" / "selected.jsonl")
+    base_params = count_params(model)
+    model = model if cfg.train.full else wrap_lora(model, cfg.train)
+    model.train()
+    trainable = count_params(model, trainable_only=True)
+    model, seconds, loss = fit(model, tok, rows, cfg.train, stage_dir)
+    target = stage_dir / ("model" if cfg.train.full else "adapter")
+    with artifacts.atomic_path(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    manifest = artifacts.write_manifest(
+        stage_dir, "train", cfg.to_dict(), base_model=cfg.model.name, method="full" if cfg.train.full else "lora",
+        output=target.name, examples=len(rows), trainable_params=trainable, base_params=base_params,
+        train_seconds=round(seconds, 2), final_loss=round(float(loss), 5))
+    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
+    return manifest, model

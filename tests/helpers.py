@@ -1,0 +1,29 @@
+"""Helpers the tests share: a tiny random-weight Llama saved as an HF dir, and fast CLI settings."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def make_tiny_model(path: Path, tokenizer_dir: Path, layers: int = 2, seed: int = 0) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny_args(model_dir: Path, run_dir: Path) -> list[str]:
+    """CLI settings that make a full run on the tiny model take seconds."""
+    return ["--run-dir", str(run_dir), "--model", str(model_dir), "--threshold", "0",
+            "--set", "generate.max_new_tokens=6", "--set", "evaluate.max_new_tokens=6",
+            "--set", "select.require_correct=false", "--set", "train.epochs=1", "--set", "train.batch_size=4",
+            "--k", "2"]

@@ -1,0 +1,106 @@
+"""Prompt masking, LoRA/full training, merging, and resuming training from a checkpoint."""
+import pytest
+import torch
+
+from depthtune import artifacts, models
+from depthtune.config import RunConfig, TrainConfig
+from depthtune.stages import merge, train
+
+
+def rows(n=6):
+    return [{"prompt_ids": [1, 10 + i, 11, 12], "completion_ids": [20 + i, 21, 22], "finished": i % 2 == 0}
+            for i in range(n)]
+
+
+def test_prompt_tokens_are_masked_and_eos_added_when_finished():
+    ex = train.build_example(rows()[0], eos_id=2)
+    assert ex["input_ids"] == [1, 10, 11, 12, 20, 21, 22, 2]
+    assert ex["labels"] == [-100] * 4 + [20, 21, 22, 2]
+    cut = train.build_example(rows()[1], eos_id=2)  # stopped by max_new_tokens: no eos to learn
+    assert cut["labels"] == [-100] * 4 + [21, 21, 22]
+
+
+def test_collate_right_pads_and_masks_padding():
+    a = train.build_example(rows()[0], 2)
+    b = {"input_ids": [5, 6], "labels": [-100, 6]}
+    batch = train.collate([a, b], pad_id=0)
+    assert batch["input_ids"][1].tolist() == [5, 6] + [0] * 6
+    assert batch["attention_mask"][1].tolist() == [1, 1] + [0] * 6
+    assert batch["labels"][1].tolist() == [-100, 6] + [-100] * 6
+
+
+def _setup(tmp_path, tiny_model_dir, **train_kw):
+    cfg = RunConfig()
+    cfg.model.name = str(tiny_model_dir)
+    cfg.train = TrainConfig(epochs=2, batch_size=2, save_steps=2, learning_rate=5e-3, **train_kw)
+    run_dir = tmp_path / "run"
+    artifacts.write_jsonl(run_dir / "select" / "selected.jsonl", rows())
+    return cfg, run_dir
+
+
+def _loss(model, tok):
+    batch = train.collate([train.build_example(r, tok.eos_token_id) for r in rows()], tok.pad_token_id)
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+def test_lora_trains_only_the_adapter_and_merges_to_the_same_function(tmp_path, tiny_model_dir):
+    cfg, run_dir = _setup(tmp_path, tiny_model_dir)
+    tok = models.load_tokenizer(cfg.model.name)
+    base = models.load_model(cfg.model.name)
+    before_w = base.model.layers[0].self_attn.q_proj.weight.clone()
+    before = _loss(base, tok)
+    manifest, peft_model = train.run(run_dir, cfg, base, tok)
+    assert manifest["method"] == "lora" and 0 < manifest["trainable_params"] < manifest["base_params"]
+    assert (run_dir / "train" / "adapter" / "adapter_config.json").exists()
+    assert not (run_dir / "train" / "checkpoints").exists()
+    after = _loss(peft_model, tok)
+    assert after < before - 0.05
+    assert torch.equal(peft_model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight, before_w)
+
+    # merging from disk gives a plain model with the adapter's function
+    m, _ = merge.run(run_dir, cfg, lambda name: (models.load_model(name), models.load_tokenizer(name)))
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / m["model_dir"])
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert _loss(merged, tok) == pytest.approx(after, abs=1e-4)
+
+
+def test_full_finetuning_changes_base_weights(tmp_path, tiny_model_dir):
+    cfg, run_dir = _setup(tmp_path, tiny_model_dir, full=True)
+    cfg.train.learning_rate = 1e-3
+    tok, base = models.load_tokenizer(cfg.model.name), models.load_model(cfg.model.name)
+    w = base.model.layers[0].mlp.up_proj.weight.clone()
+    manifest, model = train.run(run_dir, cfg, base, tok)
+    assert manifest["method"] == "full" and manifest["trainable_params"] == manifest["base_params"]
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, w)
+    m, _ = merge.run(run_dir, cfg, None)
+    assert m["model_dir"] == "train/model" and (run_dir / "train" / "model" / "config.json").exists()
+
+
+def test_interrupted_training_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    from transformers import Trainer
+
+    cfg, run_dir = _setup(tmp_path, tiny_model_dir)  # 6 examples / batch 2 x 2 epochs = 6 steps, ckpt every 2
+    tok = models.load_tokenizer(cfg.model.name)
+    real_step, calls = Trainer.training_step, {"n": 0}
+
+    def dying_step(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:  # dies during step 4: checkpoint-2 exists
+            raise KeyboardInterrupt
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(Trainer, "training_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(run_dir, cfg, models.load_model(cfg.model.name), tok)
+    assert not artifacts.is_done(run_dir / "train")
+    assert (run_dir / "train" / "checkpoints" / "checkpoint-2").exists()
+
+    calls["n"] = -100  # let it finish
+    steps = []
+    monkeypatch.setattr(Trainer, "training_step", lambda self, *a, **kw: steps.append(1) or real_step(self, *a, **kw))
+    manifest, _ = train.run(run_dir, cfg, models.load_model(cfg.model.name), tok)
+    assert len(steps) == 4  # steps 3..6 only: 1 and 2 were not redone
+    assert manifest["train_seconds"] > 0 and artifacts.is_done(run_dir / "train")
