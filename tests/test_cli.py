@@ -8,7 +8,7 @@ from helpers import tiny_args
 
 from depthtune import artifacts
 from depthtune.cli import main
-from depthtune.stages import generate
+from depthtune.backends.local import LocalSampler
 
 FAST = ["--max-train-prompts", "6", "--max-eval-prompts", "3"]
 
@@ -79,7 +79,7 @@ def test_interrupted_generation_resumes_without_losing_or_repeating_samples(tiny
     assert main(["generate"] + args) == 0
     whole = artifacts.read_jsonl(tmp_path / "whole" / "generate" / "samples.jsonl")
 
-    real, calls = generate.sample_chunk, {"n": 0}
+    real, calls = LocalSampler.sample_chunk, {"n": 0}
 
     def dying(*a, **kw):
         calls["n"] += 1
@@ -87,14 +87,14 @@ def test_interrupted_generation_resumes_without_losing_or_repeating_samples(tiny
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(generate, "sample_chunk", dying)
+    monkeypatch.setattr(LocalSampler, "sample_chunk", dying)
     args = tiny_args(tiny_model_dir, tmp_path / "cut") + FAST + ["--set", "generate.batch_size=4"]
     assert main(["generate"] + args) == 130
     stage = tmp_path / "cut" / "generate"
     assert not artifacts.is_done(stage) and not (stage / "samples.jsonl").exists()
     with open(stage / "samples.partial.jsonl", "a") as f:
         f.write('{"sample_id": "torn')  # a write cut off by a kill
-    monkeypatch.setattr(generate, "sample_chunk", real)
+    monkeypatch.setattr(LocalSampler, "sample_chunk", real)
     assert main(["generate", "--run-dir", str(tmp_path / "cut")]) == 0
     resumed = artifacts.read_jsonl(stage / "samples.jsonl")
     assert [r["sample_id"] for r in resumed] == [r["sample_id"] for r in whole]

@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import artifacts, models
 from ..config import RunConfig
 from ..errors import DepthtuneError
+from ..prompting import prompt_ids
 from ..stages import evaluate, generate, score, select
 from ..stages.pipeline import Session, prepare, step
 from ..stages.train import fit, wrap_lora
@@ -57,7 +58,7 @@ def reference_rows(run_dir: Path, tok, system_prompt) -> list[dict]:
     for item in artifacts.read_jsonl(Path(run_dir) / "prompts" / "train.jsonl"):
         if item.get("answer") is None:
             continue
-        rows.append({"sample_id": f"{item['id']}#ref", "prompt_ids": generate.prompt_ids(tok, item, system_prompt),
+        rows.append({"sample_id": f"{item['id']}#ref", "prompt_ids": prompt_ids(tok, item, system_prompt),
                      "completion_ids": tok(item["answer"], add_special_tokens=False)["input_ids"], "finished": True})
     if not rows:
         raise DepthtuneError("the prompts carry no reference answers, so there is no 'student alone' to compare with; "

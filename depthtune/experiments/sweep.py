@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from .. import artifacts, models
+from ..backends.local import LocalSampler
 from ..config import RunConfig
 from ..distill import ensemble
 from ..errors import DepthtuneError
@@ -89,7 +90,7 @@ def run_job(folder: Path, job: Job, plan: Plan, mdl: Models, log) -> list[dict]:
         model, tok = mdl.get(job.model)
         g = job.gen
         log(f"[teacher {job.key}] sampling {len(missing)} prompts x {g['k']}")
-        new, _ = generate.sample_all(model, tok, missing, rnd / "samples.partial.jsonl", k=g["k"],
+        new, _ = generate.sample_all(LocalSampler(model, tok), missing, rnd / "samples.partial.jsonl", k=g["k"],
                                      temperature=g["temperature"], top_p=g["top_p"], max_new_tokens=g["max_new_tokens"],
                                      batch_size=g["batch_size"], seed=g["seed"], system_prompt=job.system_prompt,
                                      topk=job.topk, progress=log)

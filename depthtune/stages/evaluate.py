@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import artifacts
+from ..backends.local import LocalSampler
 from ..config import RunConfig
 from ..models import count_params
 from .generate import sample_all
@@ -112,7 +113,7 @@ def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=pr
     e = cfg.evaluate
     log(f"evaluate[{which}]: {len(items)} held-out prompts")
     with PeakMemory(model) as mem:
-        rows, secs = sample_all(model, tok, items, stage_dir / f"{which}.samples.partial.jsonl", k=1,
+        rows, secs = sample_all(LocalSampler(model, tok), items, stage_dir / f"{which}.samples.partial.jsonl", k=1,
                                 temperature=e.temperature, top_p=cfg.generate.top_p, max_new_tokens=e.max_new_tokens,
                                 batch_size=e.batch_size, seed=e.seed, system_prompt=cfg.data.system_prompt, progress=log)
     if cdm:

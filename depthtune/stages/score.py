@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from .. import artifacts, cdm
+from ..backends import left_pad
 from ..checking import is_correct
 from ..config import RunConfig, ScoreConfig
-from .generate import left_pad
 
 
 @contextmanager

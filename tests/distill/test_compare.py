@@ -45,8 +45,8 @@ def test_compare_end_to_end(teacher_dir, tmp_path, capsys, online, extra):
 
 def test_step_by_step_targets_and_answer_prefix(teacher_dir, tmp_path, monkeypatch):
     """A random teacher never writes 'Answer:', so give its samples one, as a real teacher would."""
-    from depthtune.stages import generate
-    real = generate.sample_chunk
+    from depthtune.backends.local import LocalSampler
+    real = LocalSampler.sample_chunk
 
     def answering(*a, **kw):
         rows, secs, cached = real(*a, **kw)
@@ -54,7 +54,7 @@ def test_step_by_step_targets_and_answer_prefix(teacher_dir, tmp_path, monkeypat
             r["completion"] = "We add them.\nAnswer: 7"
         return rows, secs, cached
 
-    monkeypatch.setattr(generate, "sample_chunk", answering)
+    monkeypatch.setattr(LocalSampler, "sample_chunk", answering)
     run_dir = tmp_path / "sbs"
     assert main(compare_args(teacher_dir, run_dir, "--set", "distill.targets=step_by_step")) == 0
     m = artifacts.read_json(run_dir / "distilled" / "manifest.json")
