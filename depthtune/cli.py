@@ -25,7 +25,10 @@ FLAGS = {  # CLI flag -> config key
     "prompt_field": "data.prompt_field", "answer_field": "data.answer_field", "checker": "data.checker",
     "max_train_prompts": "data.max_train_prompts", "max_eval_prompts": "data.max_eval_prompts",
     "k": "generate.k", "threshold": "select.threshold", "rank": "train.rank", "epochs": "train.epochs",
-    "full": "train.full",
+    "full": "train.full", "selector": "select.selector", "keep": "select.keep", "quantize": "model.quantize",
+    "template": "data.template", "backend": "backend.kind", "base_url": "backend.base_url",
+    "served_model": "backend.model", "api_key_env": "backend.api_key_env", "report_to": "report_to",
+    "lm_eval": "evaluate.lm_eval",
 }
 COMPARE_FLAGS = {
     "teacher": "distill.teacher", "student": "distill.student", "student_layers": "distill.student_layers",
@@ -39,10 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "train a LoRA on them, merge it, and measure before and after.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run",) + STAGES + ("compare",):
-        helps = {"run": "all stages in order", "compare": "teacher vs student: alone, distilled, untouched"}
+    for name in ("run",) + STAGES + ("compare", "ablate"):
+        helps = {"run": "all stages in order", "compare": "teacher vs student: alone, distilled, untouched",
+                 "ablate": "does CDM select better data? one adapter per selector on equal-sized selections"}
         p = sub.add_parser(name, help=helps.get(name, f"the {name} stage only"))
-        default_dir = "runs/compare" if name == "compare" else "runs/depthtune"
+        default_dir = {"compare": "runs/compare", "ablate": "runs/ablate"}.get(name, "runs/depthtune")
         p.add_argument("--run-dir", default=default_dir, help=f"run directory (default {default_dir})")
         p.add_argument("--config", help="YAML config (default: <run-dir>/config.yaml if present)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.rank=8")
@@ -53,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--checker", help="auto, numeric, exact or contains")
         p.add_argument("--max-train-prompts", type=int)
         p.add_argument("--max-eval-prompts", type=int)
+        p.add_argument("--template", choices=("auto", "chat", "raw"), help="prompt format: the model's chat "
+                       "template, or the raw text (completion-style data); default auto")
+        p.add_argument("--quantize", choices=("4bit", "8bit"), help="load the base in 4 or 8 bits (bitsandbytes); "
+                       "training becomes QLoRA")
+        p.add_argument("--backend", choices=("local", "openai", "llama-server"), help="where answers are sampled: "
+                       "in this process (local), an OpenAI-compatible server, or llama.cpp's server started here")
+        p.add_argument("--base-url", help="the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+        p.add_argument("--served-model", help="the model's name on the server (default: its only model)")
+        p.add_argument("--api-key-env", help="environment variable that holds the server's API key")
+        p.add_argument("--report-to", help="tracker for training and stage metrics: tensorboard, mlflow, trackio, wandb")
         if name != "compare":  # compare names its models and CDM line with --teacher, --student and distill.*
             p.add_argument("--model", help="HF model id, model directory or .gguf file (default: embedded SmolLM2)")
             p.add_argument("--k", type=int, help="samples per training prompt")
@@ -60,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--rank", type=int, help="LoRA rank")
             p.add_argument("--epochs", type=float)
             p.add_argument("--full", action="store_true", default=None, help="full fine-tuning instead of LoRA")
-        if name not in ("run", "compare"):
+        if name in ("run", "select", "ablate"):
+            p.add_argument("--selector", help="cdm (default), correct, random, logprob, or one CDM part alone")
+            p.add_argument("--keep", type=int, help="keep exactly this many samples, the selector's best")
+        if name in ("run", "evaluate"):
+            p.add_argument("--lm-eval", nargs="+", metavar="TASK", help="lm-evaluation-harness tasks (or task "
+                           "YAML files) on the base and tuned model")
+        if name not in ("run", "compare", "ablate"):
             p.add_argument("--redo", action="store_true", help="discard this stage's output and run it again")
         if name == "compare":
             p.add_argument("--teacher", help="teacher model (default: the embedded SmolLM2-135M-Instruct)")
@@ -150,21 +170,23 @@ def run_stage(name: str, run_dir: Path, cfg: RunConfig, redo: bool) -> None:
 
 
 def _run_one(name: str, run_dir: Path, cfg: RunConfig) -> None:
-    from .stages import (
-        evaluate,
-        generate,
-        merge,
-        pipeline,
-        report,
-        score,
-        select,
-        train,
-    )
+    from .stages import pipeline
 
     pipeline.prepare(run_dir, cfg)
     session = pipeline.Session(cfg)
-    if name in ("generate", "score"):
-        {"generate": generate, "score": score}[name].run(run_dir, cfg, *session.base())
+    try:
+        _stage(name, run_dir, cfg, session)
+    finally:
+        session.close()
+
+
+def _stage(name: str, run_dir: Path, cfg: RunConfig, session) -> None:
+    from .stages import evaluate, generate, merge, pipeline, report, score, select, train
+
+    if name == "generate":
+        generate.run(run_dir, cfg, session.sampler())
+    elif name == "score":
+        score.run(run_dir, cfg, *session.base())
     elif name == "select":
         m = select.run(run_dir, cfg)
         print(f"kept {m['kept']} of {m['total']} samples (CDM >= {m['threshold']:g})")
@@ -173,7 +195,7 @@ def _run_one(name: str, run_dir: Path, cfg: RunConfig) -> None:
     elif name == "merge":
         merge.run(run_dir, cfg, session.load)
     elif name == "evaluate":
-        evaluate.evaluate_model(run_dir, cfg, "base", *session.base())
+        evaluate.evaluate_model(run_dir, cfg, "base", *session.base(), sampler=pipeline.served(session))
         session._model = None
         evaluate.evaluate_model(run_dir, cfg, "tuned", *pipeline.tuned_model(run_dir, session))
         evaluate.finish(run_dir, cfg)

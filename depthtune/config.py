@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,13 @@ class ModelConfig:
     """auto (bf16 on a GPU that has it, else fp32), float32, bfloat16 or float16."""
     device: str = "auto"
     """auto (cuda if present), cpu or cuda."""
+    quantize: str | None = None
+    """None, 4bit (NF4, double quantisation) or 8bit, through bitsandbytes; training is then QLoRA."""
+    device_map: str | None = None
+    """None (the whole model on `device`) or auto: layers spread over the GPUs (and CPU) by accelerate,
+    for the stages that only run the model forward."""
+    max_memory: dict | None = None
+    """With device_map=auto: the most each device may hold, e.g. {0: "20GiB", cpu: "60GiB"}."""
 
 
 @dataclass
@@ -48,6 +57,11 @@ class DataConfig:
     """System message put before every prompt; None keeps the model's chat-template default."""
     seed: int = 0
     """Seed of the train/held-out split of a user file."""
+    template: str = "auto"
+    """auto (the chat template where the model has one, else the raw text), chat or raw (the prompt text
+    exactly as given: completion-style data such as 'Q: ... A:')."""
+    suite_size: int = 0
+    """Prompts per built-in suite (0 = the default size); the procedural suites have thousands."""
 
 
 @dataclass
@@ -77,12 +91,26 @@ class ScoreConfig:
 @dataclass
 class SelectConfig:
     threshold: float = 80.0
-    """Keep samples with CDM >= threshold (0-100)."""
+    """Keep samples with CDM >= threshold (0-100); used by the cdm selector."""
     require_correct: bool = True
     """Where references exist, keep only correct samples."""
+    selector: str = "cdm"
+    """How samples are ranked and kept: cdm (CDM >= threshold), correct (correctness only: rejection
+    sampling, as in STaR / RFT), random, logprob (mean token log-prob), or one CDM part alone
+    (entropy_collapse, attention_sparsification, basin_resistance)."""
+    keep: int | None = None
+    """Keep exactly this many samples, the best by the selector's score (random: a seeded draw);
+    None = everything that passes (cdm: the threshold)."""
     max_per_prompt: int | None = None
     dedup: bool = True
     """Drop samples whose completion text repeats another kept one for the same prompt."""
+    exclude_degenerate: bool = True
+    """Drop samples flagged degenerate by the score stage (repetition loop, unfinished, prompt echo)."""
+    min_kept: int = 16
+    """A selection smaller than this refuses to train (and names a setting that would keep enough);
+    0 turns the check off."""
+    seed: int = 0
+    """Seed of the random selector."""
 
 
 @dataclass
@@ -102,6 +130,7 @@ class TrainConfig:
     save_steps: int = 10
     """Checkpoint every this many optimiser steps (resume point after an interruption)."""
     seed: int = 0
+    """Seeds the adapter's initial weights, the data order and dropout: the same seed gives the same run."""
 
 
 @dataclass
@@ -145,6 +174,12 @@ class DistillConfig:
     """What the deployment decision optimises: accuracy, latency or budget (training time)."""
     calls_per_day: int = 100_000
     """Expected answers per day, for the compute-cost line of the decision."""
+    margin: float = 0.05
+    """Non-inferiority margin of the decision: a model counts as 'as accurate' as another only when the
+    95% interval of its accuracy difference lies above -margin (0.05 = 5 points)."""
+    on_policy: float = 0.0
+    """Share (lambda) of distillation batches on the student's own samples scored by the teacher
+    (GKD, Agarwal et al.); 0 = only the teacher's samples (off-policy)."""
 
 
 @dataclass
@@ -156,6 +191,48 @@ class EvaluateConfig:
     deep_line: float = 78.0
     """A held-out sample with CDM >= deep_line counts as deep (deep_rate)."""
     seed: int = 0
+    lm_eval: list[str] | None = None
+    """lm-evaluation-harness tasks run on the base and the tuned model (e.g. [gsm8k, arc_easy], or a
+    local task YAML); None = none."""
+    lm_eval_limit: int | None = None
+    """At most this many examples per lm-eval task (None = all)."""
+
+
+@dataclass
+class BackendConfig:
+    kind: str = "local"
+    """local (transformers in this process), openai (any OpenAI-compatible server: vLLM, SGLang,
+    llama.cpp, TGI, hosted APIs) or llama-server (llama.cpp's server on the model's GGUF, started and
+    stopped by depthtune)."""
+    base_url: str | None = None
+    """The server's address, e.g. http://127.0.0.1:8000/v1 (openai)."""
+    model: str | None = None
+    """The model's name on the server; None = the server's only model."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (the key itself is never written anywhere)."""
+    endpoint: str = "completions"
+    """completions (the prompt text built with the local chat template) or chat (messages; the server
+    applies its own template: hosted chat APIs)."""
+    concurrency: int = 8
+    """Requests in flight at once."""
+    timeout: float = 120.0
+    """Seconds before a request is given up and retried."""
+    retries: int = 4
+    """Retries of a request that timed out or got 429 / 5xx, with exponential backoff."""
+    evaluate: bool = False
+    """Also answer the held-out prompts through the server: the base model in run, the teacher in
+    compare and sweep (the tuned model and students are always evaluated in this process)."""
+
+
+@dataclass
+class AblateConfig:
+    selectors: list[str] = field(default_factory=lambda: ["cdm", "correct", "random", "logprob", "entropy_collapse",
+                                                          "attention_sparsification", "basin_resistance"])
+    """The selectors compared; each trains adapters on the same number of kept samples."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Training seeds per selector (the random selector also draws its samples with it)."""
+    keep: int | None = None
+    """Samples each selector keeps; None = the size of the smallest selector's pool."""
 
 
 @dataclass
@@ -168,14 +245,70 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    ablate: AblateConfig = field(default_factory=AblateConfig)
+    report_to: str | list[str] = "none"
+    """Experiment trackers for training and each stage's summary metrics: none, tensorboard, mlflow,
+    trackio or wandb (or a list); passed to the Trainer's report_to."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+SELECTORS = ("cdm", "correct", "random", "logprob", "entropy_collapse", "attention_sparsification",
+             "basin_resistance")
+BACKENDS = ("local", "openai", "llama-server")
+TRACKERS = ("none", "tensorboard", "mlflow", "trackio", "wandb")
+
+
 def _suggest(name: str, options) -> str:
     close = difflib.get_close_matches(name, list(options), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _describe(hint) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping",
+             list: "a list", type(None): "null"}
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(args[0])}s" if args else "a list"
+    return names.get(typing.get_origin(hint) or hint, str(hint))
+
+
+def coerce(key: str, value: Any, hint) -> Any:
+    """`value` as the field's declared type, or a one-line error naming the key, the value and the type.
+
+    YAML has already parsed the text (`--set train.rank=8` gives 8); an integer is taken where a number
+    is wanted, and a single string where a list of strings is wanted.
+    """
+    if hint is Any:
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return coerce(key, value, option)
+            except DepthtuneError:
+                continue
+    elif hint is type(None):
+        if value is None:
+            return None
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint in (bool, str) or (origin or hint) is dict:
+        if isinstance(value, origin or hint):
+            return value
+    elif origin is list:
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list):
+            return [coerce(key, v, args[0]) for v in items] if args else items
+    raise DepthtuneError(f"config key '{key}' wants {_describe(hint)}, got {value!r}")
 
 
 def from_dict(cls, data: dict | None, where: str = ""):
@@ -184,6 +317,7 @@ def from_dict(cls, data: dict | None, where: str = ""):
     if not isinstance(data, dict):
         raise DepthtuneError(f"config section '{where or 'top level'}' must be a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
@@ -191,12 +325,14 @@ def from_dict(cls, data: dict | None, where: str = ""):
         sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):
             value = from_dict(sub, value, f"{where}{key}.")
+        else:
+            value = coerce(f"{where}{key}", value, hints[key])
         kwargs[key] = value
     return cls(**kwargs)
 
 
-def set_key(cfg: RunConfig, dotted: str, value: Any) -> None:
-    """Set `section.key` on a RunConfig, refusing unknown names with a suggestion."""
+def locate(cfg: RunConfig, dotted: str) -> tuple[Any, str]:
+    """-> (the dataclass holding `section.key`, key), refusing unknown names with a suggestion."""
     parts = dotted.split(".")
     obj = cfg
     for i, part in enumerate(parts):
@@ -204,11 +340,19 @@ def set_key(cfg: RunConfig, dotted: str, value: Any) -> None:
         if part not in names:
             raise DepthtuneError(f"unknown config key '{'.'.join(parts[:i + 1])}'{_suggest(part, names)}")
         if i == len(parts) - 1:
-            setattr(obj, part, value)
-        else:
-            obj = getattr(obj, part)
-            if not dataclasses.is_dataclass(obj):
-                raise DepthtuneError(f"'{'.'.join(parts[:i + 1])}' is a value, not a section")
+            if dataclasses.is_dataclass(getattr(obj, part)):
+                raise DepthtuneError(f"'{dotted}' is a section; set one of its keys, e.g. {dotted}."
+                                     f"{dataclasses.fields(getattr(obj, part))[0].name}=...")
+            return obj, part
+        obj = getattr(obj, part)
+        if not dataclasses.is_dataclass(obj):
+            raise DepthtuneError(f"'{'.'.join(parts[:i + 1])}' is a value, not a section")
+
+
+def set_key(cfg: RunConfig, dotted: str, value: Any) -> None:
+    """Set `section.key` on a RunConfig: unknown names and values of the wrong type get one line."""
+    obj, key = locate(cfg, dotted)
+    setattr(obj, key, coerce(dotted, value, typing.get_type_hints(type(obj))[key]))
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -259,6 +403,37 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(d.cot_max_new_tokens >= 1, "distill.cot_max_new_tokens must be at least 1")
     need(d.topk >= 1 and d.chunk >= 1, "distill.topk and distill.chunk must be at least 1")
     need(cfg.select.max_per_prompt is None or cfg.select.max_per_prompt >= 1, "select.max_per_prompt must be at least 1")
+    s = cfg.select
+    need(s.selector in SELECTORS, f"unknown selector '{s.selector}'{_suggest(s.selector, SELECTORS)}; use one of "
+         f"{', '.join(SELECTORS)}")
+    need(s.keep is None or s.keep >= 1, "select.keep must be at least 1 (or null: keep all that pass)")
+    need(s.min_kept >= 0, "select.min_kept must be >= 0 (0 = no minimum)")
+    m = cfg.model
+    need(m.quantize in (None, "4bit", "8bit"), f"unknown quantize '{m.quantize}'; use 4bit or 8bit")
+    need(not (m.quantize and cfg.train.full), "--quantize with --full is not supported: full fine-tuning of "
+         "4-bit or 8-bit weights would lose them; drop --full (QLoRA trains an adapter) or drop --quantize")
+    need(m.device_map in (None, "auto"), f"unknown device_map '{m.device_map}'; use auto (or leave it unset)")
+    need(m.max_memory is None or m.device_map == "auto", "model.max_memory needs model.device_map=auto")
+    need(cfg.data.template in ("auto", "chat", "raw"), f"unknown template '{cfg.data.template}'; use auto, chat or raw")
+    need(cfg.data.suite_size >= 0, "data.suite_size must be >= 0 (0 = the default size)")
+    b = cfg.backend
+    need(b.kind in BACKENDS, f"unknown backend '{b.kind}'{_suggest(b.kind, BACKENDS)}; use {', '.join(BACKENDS)}")
+    need(b.kind != "openai" or bool(b.base_url), "--backend openai needs the server's address: --base-url "
+         "http://HOST:PORT/v1")
+    need(b.endpoint in ("completions", "chat"), f"unknown backend.endpoint '{b.endpoint}'; use completions or chat")
+    need(b.concurrency >= 1 and b.timeout > 0 and b.retries >= 0,
+         "backend.concurrency must be >= 1, backend.timeout > 0 and backend.retries >= 0")
+    need(0 < d.margin < 1, f"distill.margin must be between 0 and 1 (a share of accuracy), got {d.margin}")
+    need(0 <= d.on_policy <= 1, f"distill.on_policy is a share in [0, 1], got {d.on_policy}")
+    need(cfg.evaluate.lm_eval_limit is None or cfg.evaluate.lm_eval_limit >= 1, "evaluate.lm_eval_limit must be >= 1")
+    a = cfg.ablate
+    bad = [x for x in a.selectors if x not in SELECTORS]
+    need(not bad, f"ablate.selectors: unknown selector(s) {bad}; use {', '.join(SELECTORS)}")
+    need(bool(a.selectors) and bool(a.seeds), "ablate needs at least one selector and one seed")
+    need(a.keep is None or a.keep >= 1, "ablate.keep must be at least 1 (or null: the smallest pool)")
+    trackers = [cfg.report_to] if isinstance(cfg.report_to, str) else cfg.report_to
+    unknown = [x for x in trackers if x not in TRACKERS]
+    need(not unknown, f"unknown tracker {unknown}; --report-to takes {', '.join(TRACKERS)}")
     return cfg
 
 

@@ -67,6 +67,15 @@ def resolve(name: str | None) -> tuple[str, dict]:
     return name, {}
 
 
+def gguf_path(name: str | None) -> Path:
+    """The GGUF file a llama.cpp server can load for this model name, or a one-line error."""
+    source, extra = resolve(name)
+    if not extra.get("gguf_file"):
+        raise DepthtuneError(f"--backend llama-server needs a .gguf model file, got '{name}'; pass --model FILE.gguf, "
+                             f"or serve the model yourself and use --backend openai --base-url URL")
+    return Path(source) / extra["gguf_file"]
+
+
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -7,8 +7,8 @@ import pytest
 from helpers import tiny_args
 
 from depthtune import artifacts
-from depthtune.cli import main
 from depthtune.backends.local import LocalSampler
+from depthtune.cli import main
 
 FAST = ["--max-train-prompts", "6", "--max-eval-prompts", "3"]
 

@@ -16,12 +16,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from transformers import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from ..prompting import prompt_ids
 from . import completion_row, left_pad

@@ -157,7 +157,7 @@ def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
     once("prepare", False, lambda: prepare(run_dir, cfg))  # the user's settings: a rerun derives both sides again
     # the student first: its size and vocabulary checks fail before any teacher generation is spent
     once("student", artifacts.is_done(run_dir / "student"), lambda: build_student(run_dir, scfg, *session.base()))
-    once("generate", artifacts.is_done(run_dir / "generate"), lambda: generate.run(run_dir, tcfg, *session.base()))
+    once("generate", artifacts.is_done(run_dir / "generate"), lambda: generate.run(run_dir, tcfg, session.sampler()))
     once("score", artifacts.is_done(run_dir / "score"), lambda: score.run(run_dir, tcfg, *session.base()))
     once("select", artifacts.is_done(run_dir / "select"), lambda: select.run(run_dir, tcfg))
     once("evaluate-teacher", (run_dir / "evaluate" / "teacher.json").exists(),

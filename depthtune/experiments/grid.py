@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from ..config import RunConfig, _suggest, from_dict, set_key, validate
+from ..config import RunConfig, _suggest, from_dict, locate, set_key, validate
 from ..errors import DepthtuneError
 from ..models import resolve
 
@@ -182,7 +182,7 @@ def _check_axis_name(axis: str, base: RunConfig) -> None:
         raise DepthtuneError(f"sweep axis '{axis}' is set by the named axis '{OWNED[axis]}'; use {OWNED[axis]}: [...]")
     if "." in axis:
         try:
-            set_key(copy.deepcopy(base), axis, None)
+            locate(base, axis)
             return
         except DepthtuneError as e:
             raise DepthtuneError(f"unknown sweep axis: {e}") from None

@@ -93,11 +93,12 @@ def summarise(rows: list[dict], gen_seconds: float, peak_mb: float, deep_line: f
 
 
 def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=print, prefix: str = "",
-                   items: list[dict] | None = None, cdm: bool = True) -> dict:
+                   items: list[dict] | None = None, cdm: bool = True, sampler=None) -> dict:
     """Answer and score every held-out prompt with `model`; resumable; -> summary.
 
     `prefix` goes before every prompt (a step-by-step student is asked with "[answer] ").
     `items` replaces <run>/prompts/eval.jsonl; cdm=False judges answers without the CDM passes.
+    `sampler` answers instead of `model` (a served model); CDM is then scored with `model` when given.
     """
     stage_dir = Path(run_dir) / "evaluate"
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -113,10 +114,10 @@ def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=pr
     e = cfg.evaluate
     log(f"evaluate[{which}]: {len(items)} held-out prompts")
     with PeakMemory(model) as mem:
-        rows, secs = sample_all(LocalSampler(model, tok), items, stage_dir / f"{which}.samples.partial.jsonl", k=1,
+        rows, secs = sample_all(sampler or LocalSampler(model, tok), items, stage_dir / f"{which}.samples.partial.jsonl", k=1,
                                 temperature=e.temperature, top_p=cfg.generate.top_p, max_new_tokens=e.max_new_tokens,
                                 batch_size=e.batch_size, seed=e.seed, system_prompt=cfg.data.system_prompt, progress=log)
-    if cdm:
+    if cdm and model is not None:
         scored = score_rows(model, tok, rows, cfg.score, stage_dir / f"{which}.scored.partial.jsonl", progress=log)
     else:
         scored = [{**r, "cdm": None, "correct": judge(r)} for r in rows]

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 from .. import artifacts
-from ..backends.local import LocalSampler
 from ..config import RunConfig
 from ..teacher_cache import write_shard
 
@@ -51,12 +50,12 @@ def sample_all(sampler, items: list[dict], partial: Path, *, k: int, temperature
     return rows, sum(r["gen_seconds"] for r in rows)
 
 
-def run(run_dir: Path, cfg: RunConfig, model, tok) -> dict:
+def run(run_dir: Path, cfg: RunConfig, sampler) -> dict:
     stage_dir = Path(run_dir) / "generate"
     stage_dir.mkdir(parents=True, exist_ok=True)
     items = artifacts.read_jsonl(Path(run_dir) / "prompts" / "train.jsonl")
     g = cfg.generate
-    rows, seconds = sample_all(LocalSampler(model, tok), items, stage_dir / "samples.partial.jsonl", k=g.k,
+    rows, seconds = sample_all(sampler, items, stage_dir / "samples.partial.jsonl", k=g.k,
                                temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                                batch_size=g.batch_size, seed=g.seed, system_prompt=cfg.data.system_prompt, topk=g.topk)
     artifacts.write_jsonl(stage_dir / "samples.jsonl", rows)

@@ -7,10 +7,12 @@ training then wraps it, and the merged model is evaluated without a reload.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 from .. import artifacts, models
+from ..backends.local import LocalSampler
 from ..config import RunConfig, dump_config
 from ..data import load_prompts
 from . import evaluate, generate, merge, report, score, select, train
@@ -21,7 +23,7 @@ class Session:
 
     def __init__(self, cfg: RunConfig, log=print):
         self.cfg, self.log = cfg, log
-        self._model = self._tok = None
+        self._model = self._tok = self._remote = self._server = None
 
     def tokenizer(self):
         if self._tok is None:
@@ -46,6 +48,31 @@ class Session:
     def load(self, name: str | None):
         return models.load_model(name, self.cfg.model.dtype, self.cfg.model.device), models.load_tokenizer(name)
 
+    def sampler(self):
+        """Where this command's answers come from (cfg.backend): the base model in this process, an
+        OpenAI-compatible server, or llama.cpp's server started on the model's GGUF (stopped by close())."""
+        b = self.cfg.backend
+        if b.kind == "local":
+            return LocalSampler(*self.base())
+        if self._remote is None:
+            if b.kind == "llama-server":
+                from ..backends.llama_server import LlamaServer
+
+                self._server = LlamaServer(models.gguf_path(self.cfg.model.name), log=self.log)
+                b = dataclasses.replace(b, base_url=self._server.start())
+            from ..backends.openai import OpenAISampler
+
+            self._remote = OpenAISampler(b, self.tokenizer(), log=self.log)
+        return self._remote
+
+    def close(self) -> None:
+        """Stop a server this session started; drop the model."""
+        if self._remote is not None:
+            self._remote.close()
+        if self._server is not None:
+            self._server.stop()
+        self._model = self._remote = self._server = None
+
 
 def prepare(run_dir: Path, cfg: RunConfig) -> dict:
     """Write the train / held-out prompt lists (once) and the resolved config."""
@@ -69,6 +96,12 @@ def tuned_model(run_dir: Path, session: Session):
     return models.load_model(path, session.cfg.model.dtype, session.cfg.model.device), models.load_tokenizer(path)
 
 
+def served(session: Session):
+    """The server's sampler when held-out answers should come from it too (backend.evaluate), else None."""
+    b = session.cfg.backend
+    return session.sampler() if b.kind != "local" and b.evaluate else None
+
+
 def step(name: str, done: bool, fn, log=print, timings: dict | None = None):
     """Run one stage unless it is finished; record its wall seconds in `timings`."""
     if done:
@@ -83,8 +116,15 @@ def step(name: str, done: bool, fn, log=print, timings: dict | None = None):
 
 
 def run_all(run_dir: Path, cfg: RunConfig, log=print) -> dict:
-    run_dir = Path(run_dir)
-    session, timings = Session(cfg, log), {}
+    session = Session(cfg, log)
+    try:
+        return _run_all(Path(run_dir), cfg, session, log)
+    finally:
+        session.close()
+
+
+def _run_all(run_dir: Path, cfg: RunConfig, session: Session, log) -> dict:
+    timings = {}
 
     def stage(name: str, done: bool, fn):
         return step(name, done, fn, log, timings)
@@ -94,10 +134,10 @@ def run_all(run_dir: Path, cfg: RunConfig, log=print) -> dict:
         return train.run(run_dir, cfg, base, tok)[1], tok
 
     stage("prepare", False, lambda: prepare(run_dir, cfg))
-    stage("generate", artifacts.is_done(run_dir / "generate"), lambda: generate.run(run_dir, cfg, *session.base()))
+    stage("generate", artifacts.is_done(run_dir / "generate"), lambda: generate.run(run_dir, cfg, session.sampler()))
     stage("score", artifacts.is_done(run_dir / "score"), lambda: score.run(run_dir, cfg, *session.base()))
     stage("evaluate-base", (run_dir / "evaluate" / "base.json").exists(),
-          lambda: evaluate.evaluate_model(run_dir, cfg, "base", *session.base(), log=log))
+          lambda: evaluate.evaluate_model(run_dir, cfg, "base", *session.base(), log=log, sampler=served(session)))
     stage("select", artifacts.is_done(run_dir / "select"), lambda: select.run(run_dir, cfg))
     trained = stage("train", artifacts.is_done(run_dir / "train"), train_base)
     merged = stage("merge", artifacts.is_done(run_dir / "merge"), lambda: merge.run(run_dir, cfg, session.load, trained))

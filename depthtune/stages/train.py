@@ -77,12 +77,7 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
     -> (model, seconds, final loss).
     """
     from datasets import Dataset
-    from transformers import (
-        PrinterCallback,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
     ckpt_dir = out_dir / "checkpoints"

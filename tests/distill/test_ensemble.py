@@ -4,9 +4,9 @@ import torch.nn.functional as F
 from helpers import make_tiny_model
 
 from depthtune import models
+from depthtune.backends.local import LocalSampler
 from depthtune.distill.ensemble import average_topk, target_logprobs
 from depthtune.prompting import prompt_ids
-from depthtune.backends.local import LocalSampler
 
 
 def test_forward_pass_rows_match_generation_cache_and_average_mixes(tmp_path, tokenizer_dir):

@@ -132,12 +132,7 @@ def test_bad_sweep_file_is_one_line_and_writes_nothing(tmp_path, capsys):
 def small_vocab_student(path, tokenizer_dir):
     """A tiny student with its own 300-token BPE vocabulary (and the teacher's chat template)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import (
-        AutoTokenizer,
-        LlamaConfig,
-        LlamaForCausalLM,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     teacher_tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
