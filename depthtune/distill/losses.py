@@ -14,8 +14,8 @@ mean over the remaining tokens.
 Three entry points:
 - kd_loss: from full logits [N, V]; the simple version, for small sizes.
 - sparse_kd_loss: the teacher given as top-k ids and log-probs (a cached teacher); the
-  teacher's leftover mass 1 - sum(top-k) is one extra "tail" bucket, and the student's
-  distribution is folded onto the same k + 1 buckets.
+  teacher's leftover mass 1 - sum(top-k) is one extra "tail" bucket, the student's distribution
+  is folded onto the same k + 1 buckets, and both are tempered as buckets (bucket_teacher says why).
 - chunked_kd_loss: from hidden states and the LM-head weights. Logits are made chunk by
   chunk and each chunk's gradient is taken at once, so neither model's [N, V] logits
   exist in full at any time. PyTorch and transformers have no such fused head+loss on
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 IGNORE = -100
 KINDS = ("forward_kl", "reverse_kl", "jsd")
+TAIL_FLOOR = 1e-6  # least tail mass of a cached top-k with k < V (its fp16 log-probs can round to a sum of 1)
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
@@ -38,9 +39,11 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 
 
 def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """[N, K] x2 -> [N]: KL(p || q) from log-probs, 0 * log 0 taken as 0."""
-    p = logp.exp()
-    return (p * (logp - logq)).masked_fill(p == 0, 0.0).sum(-1)
+    """[N, K] x2 -> [N]: KL(p || q) from log-probs. Outcomes p gives no mass add 0 (also when q gives
+    none either, where logp - logq would be NaN); q giving no mass where p does gives +inf, the true value.
+    The `where` keeps NaN out of the gradient too (0 * NaN in the product's backward)."""
+    gap = torch.where(torch.isneginf(logp), torch.zeros_like(logp), logp - logq)
+    return (logp.exp() * gap).sum(-1)
 
 
 def divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, kind: str = "forward_kl",
@@ -54,7 +57,11 @@ def divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, kind: str
         raise ValueError(f"unknown divergence {kind!r}; use one of {KINDS}")
     if not 0 < beta < 1:
         raise ValueError("jsd beta must be in [0, 1]")
-    mix = torch.logsumexp(torch.stack([teacher_logp + math.log(beta), student_logp + math.log(1 - beta)]), dim=0)
+    # log(beta p_t + (1 - beta) p_s); outcomes neither model can produce stay -inf without a NaN gradient
+    none = torch.isneginf(teacher_logp) & torch.isneginf(student_logp)
+    mix = torch.logaddexp(torch.where(none, 0.0, teacher_logp + math.log(beta)),
+                          torch.where(none, 0.0, student_logp + math.log(1 - beta)))
+    mix = torch.where(none, -torch.inf, mix)
     return beta * _kl(teacher_logp, mix) + (1 - beta) * _kl(student_logp, mix)
 
 
@@ -65,62 +72,95 @@ def _check(tau: float, alpha: float) -> None:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
 
 
+def dense_view(tau: float):
+    """Student logits [n, V] (and the rows kept) -> log-probs at tau over the whole vocabulary."""
+    return lambda z, keep: F.log_softmax(z / tau, dim=-1)
+
+
 def _token_losses(student_logits: torch.Tensor, teacher_logp_tau: torch.Tensor, labels: torch.Tensor, *,
-                  kind: str, tau: float, alpha: float, beta: float, fold=None) -> torch.Tensor:
-    """Sum over the valid tokens of one chunk. [n, V] student logits, teacher log-probs at tau
-    (over V, or over the k + 1 buckets when `fold` maps student log-probs onto them)."""
-    valid = labels != IGNORE
-    z = _up(student_logits)
+                  kind: str, tau: float, alpha: float, beta: float, view=None) -> torch.Tensor:
+    """Sum over the valid tokens of one chunk. [n, V] student logits; the teacher's log-probs at tau over
+    some outcomes, and `view(z, keep)` mapping the kept rows of the student's logits to log-probs at tau
+    over the same outcomes (default: the whole vocabulary).
+
+    Masked rows (label -100) are dropped before any maths: a row there may hold anything (an all -inf
+    teacher row, say), and even a zero upstream gradient times an infinite local one is NaN.
+    """
+    keep = labels != IGNORE
+    z, y = _up(student_logits)[keep], labels[keep]
     total = z.new_zeros(())
     if alpha < 1:
-        ce = F.cross_entropy(z, labels.clamp_min(0), reduction="none")
-        total = total + (1 - alpha) * (ce * valid).sum()
+        total = total + (1 - alpha) * F.cross_entropy(z, y, reduction="sum")
     if alpha > 0:
-        s_logp = F.log_softmax(z / tau, dim=-1)
-        if fold is not None:
-            s_logp = fold(s_logp)
-        d = divergence(s_logp, teacher_logp_tau, kind, beta)
-        total = total + alpha * tau**2 * (d * valid).sum()
+        d = divergence((view or dense_view(tau))(z, keep), teacher_logp_tau[keep], kind, beta)
+        total = total + alpha * tau**2 * d.sum()
     return total
 
 
+def _mean(total: torch.Tensor, labels: torch.Tensor, normalizer) -> torch.Tensor:
+    """Summed token losses -> per token: over `normalizer` tokens when given (the Trainer's
+    num_items_in_batch, which spans every micro-batch of a gradient-accumulation step), else over the
+    valid tokens here."""
+    if normalizer is None:
+        return total / (labels != IGNORE).sum().clamp_min(1)
+    return total / normalizer
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
-            kind: str = "forward_kl", tau: float = 1.0, alpha: float = 0.5, beta: float = 0.5) -> torch.Tensor:
+            kind: str = "forward_kl", tau: float = 1.0, alpha: float = 0.5, beta: float = 0.5,
+            normalizer=None) -> torch.Tensor:
     """[N, V] student and teacher logits, [N] labels -> scalar mean loss over valid tokens."""
     _check(tau, alpha)
     t_logp = F.log_softmax(_up(teacher_logits.detach()) / tau, dim=-1)
     total = _token_losses(student_logits, t_logp, labels, kind=kind, tau=tau, alpha=alpha, beta=beta)
-    return total / (labels != IGNORE).sum().clamp_min(1)
+    return _mean(total, labels, normalizer)
 
 
-def bucket_teacher(top_ids: torch.Tensor, top_logp: torch.Tensor, tau: float) -> torch.Tensor:
-    """[N, k] ids and log-probs (tau = 1) -> [N, k + 1] teacher log-probs over top-k + tail at tau.
+def _tempered_buckets(top: torch.Tensor, tail: torch.Tensor, tau: float) -> torch.Tensor:
+    """[N, k] top log-masses and [N] tail log-mass at tau = 1 -> [N, k + 1] log-probs, tempered as buckets."""
+    return F.log_softmax(torch.cat([top, tail.unsqueeze(-1)], dim=-1) / tau, dim=-1)
 
-    The tail bucket holds 1 - sum(top-k). Tempering p_b^(1/tau), renormalised over the buckets,
-    is exact at tau = 1 and treats the tail as one outcome otherwise (the cached top-k cannot
-    say how the tail would spread).
+
+def bucket_teacher(top_ids: torch.Tensor, top_logp: torch.Tensor, tau: float, vocab: int | None = None) -> torch.Tensor:
+    """[N, k] cached ids and log-probs (tau = 1) -> [N, k + 1] teacher log-probs over top-k + tail, at tau.
+
+    The tail bucket holds 1 - sum(top-k); each bucket is tempered as one outcome (p_b^(1/tau),
+    renormalised). bucket_student treats the student identically, so both sides are one family:
+    a student equal to its teacher has zero loss at any tau, and at k = V (no tail) the buckets are
+    the vocabulary and this equals dense tempering. The cached top-k cannot say how the tail would
+    spread under temperature, so at tau != 1 the target differs from an online teacher's in the tail.
     """
     top = _up(top_logp)
-    tail = torch.log1p(-top.exp().sum(-1).clamp(max=1 - 1e-6)).unsqueeze(-1)
-    return F.log_softmax(torch.cat([top, tail], dim=-1) / tau, dim=-1)
+    if vocab is not None and top_ids.shape[-1] >= vocab:  # the top-k is the whole vocabulary: no tail
+        tail = torch.full(top.shape[:-1], -torch.inf, dtype=top.dtype, device=top.device)
+    else:  # a softmax leaves the tail some mass; fp16-rounded top-k can sum to 1, hence the floor
+        tail = torch.log1p(-top.exp().sum(-1).clamp(max=1.0 - TAIL_FLOOR))
+    return _tempered_buckets(top, tail, tau)
 
 
-def fold_student(student_logp: torch.Tensor, top_ids: torch.Tensor) -> torch.Tensor:
-    """[N, V] student log-probs -> [N, k + 1]: the teacher's top-k ids, then everything else."""
-    top = student_logp.gather(-1, top_ids.long())
-    rest = torch.log1p(-top.exp().sum(-1).clamp(max=1 - 1e-6)).unsqueeze(-1)
-    return torch.cat([top, rest], dim=-1)
+def bucket_student(student_logits: torch.Tensor, top_ids: torch.Tensor, tau: float) -> torch.Tensor:
+    """[N, V] raw student logits -> [N, k + 1] log-probs over the teacher's top-k ids and the rest, at tau.
+
+    The rest's log-mass is a logsumexp over the ids outside the top-k (stable; no 1 - sum), and it is
+    -inf when the top-k covers the vocabulary. The student's log-partition cancels in the tempering.
+    """
+    ids = top_ids.long()
+    top = student_logits.gather(-1, ids)
+    rest = student_logits.scatter(-1, ids, -torch.inf)
+    has_rest = torch.isfinite(rest).any(-1)
+    lse = torch.logsumexp(torch.where(has_rest.unsqueeze(-1), rest, 0.0), dim=-1)  # finite input: no NaN grads
+    return _tempered_buckets(top, torch.where(has_rest, lse, -torch.inf), tau)
 
 
 def sparse_kd_loss(student_logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tensor,
                    labels: torch.Tensor, *, kind: str = "forward_kl", tau: float = 1.0, alpha: float = 0.5,
-                   beta: float = 0.5) -> torch.Tensor:
+                   beta: float = 0.5, normalizer=None) -> torch.Tensor:
     """[N, V] student logits, teacher [N, k] top ids and log-probs, [N] labels -> scalar."""
     _check(tau, alpha)
-    t_logp = bucket_teacher(top_ids, top_logp, tau)
+    t_logp = bucket_teacher(top_ids, top_logp, tau, student_logits.shape[-1])
     total = _token_losses(student_logits, t_logp, labels, kind=kind, tau=tau, alpha=alpha, beta=beta,
-                          fold=lambda s: fold_student(s, top_ids))
-    return total / (labels != IGNORE).sum().clamp_min(1)
+                          view=lambda z, keep: bucket_student(z, top_ids[keep], tau))
+    return _mean(total, labels, normalizer)
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
@@ -139,8 +179,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             h = hidden[sl].detach()
             with torch.enable_grad():
                 z = (h @ weight.detach().T).requires_grad_(True)  # [c, V], the only logits alive
-                t_logp, fold = teacher_chunk(sl)
-                loss = _token_losses(z, t_logp, y, fold=fold, **opts)
+                t_logp, view = teacher_chunk(sl)
+                loss = _token_losses(z, t_logp, y, view=view, **opts)
                 (g,) = torch.autograd.grad(loss, z)
             total += loss.detach()
             g = g.to(weight.dtype)
@@ -161,9 +201,10 @@ def chunked_kd_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
                     teacher_hidden: torch.Tensor | None = None, teacher_weight: torch.Tensor | None = None,
                     top_ids: torch.Tensor | None = None, top_logp: torch.Tensor | None = None,
                     kind: str = "forward_kl", tau: float = 1.0, alpha: float = 0.5, beta: float = 0.5,
-                    chunk: int = 512) -> torch.Tensor:
+                    chunk: int = 512, normalizer=None) -> torch.Tensor:
     """Student [N, D] hidden states and [V, D] head weight, [N] labels; the teacher as hidden
-    states + head weight (online) or as top-k ids + log-probs (cached). -> scalar mean loss."""
+    states + head weight (online) or as top-k ids + log-probs (cached). -> scalar mean loss
+    (over `normalizer` tokens when given, see _mean)."""
     _check(tau, alpha)
     if (teacher_hidden is None) == (top_ids is None):
         raise ValueError("give the teacher either as teacher_hidden + teacher_weight or as top_ids + top_logp")
@@ -171,11 +212,12 @@ def chunked_kd_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     def teacher_chunk(sl):
         if top_ids is not None:
             ids = top_ids[sl]
-            return bucket_teacher(ids, top_logp[sl], tau), (lambda s: fold_student(s, ids))
+            view = lambda z, keep: bucket_student(z, ids[keep], tau)  # noqa: E731
+            return bucket_teacher(ids, top_logp[sl], tau, weight.shape[0]), view
         with torch.no_grad():
             zt = teacher_hidden[sl].to(teacher_weight.dtype) @ teacher_weight.T
             return F.log_softmax(_up(zt) / tau, dim=-1), None
 
     opts = dict(kind=kind, tau=tau, alpha=alpha, beta=beta)
     total = _ChunkedHeadLoss.apply(hidden, weight, labels, teacher_chunk, chunk, opts)
-    return total / (labels != IGNORE).sum().clamp_min(1)
+    return _mean(total, labels, normalizer)

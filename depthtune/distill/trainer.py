@@ -58,8 +58,12 @@ class DistillTrainer(Trainer):
         hidden = backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
         valid = labels != IGNORE
         h, y = hidden[:, :-1][valid], labels[valid]  # [N, D], [N]
+        # num_items_in_batch counts the target tokens of every micro-batch of this optimiser step (and of
+        # every process): dividing the summed loss by it makes grad_accum = 2 at batch b the update of one
+        # batch of 2b, as the Trainer's own causal-LM loss does for the student trained alone.
         opts = dict(kind=self.kd.kind, tau=self.kd.temperature, alpha=self.kd.alpha, beta=self.kd.beta,
-                    chunk=self.kd.chunk)
+                    chunk=self.kd.chunk, normalizer=num_items_in_batch)
+        self.loss_is_scaled_for_ga = num_items_in_batch is not None
         if self.teacher is not None:
             t_backbone, t_head = split_head(self.teacher)
             with torch.no_grad():
@@ -73,4 +77,7 @@ class DistillTrainer(Trainer):
                 raise DepthtuneError("cached teacher rows do not line up with the batch's target tokens")
             loss = chunked_kd_loss(h, head.weight[:self.vocab], y, top_ids=inputs["top_ids"],
                                    top_logp=inputs["top_logp"], **opts)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices \
+                and self.accelerator.num_processes > 1:  # DDP averages gradients over processes; undo that
+            loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss

@@ -85,7 +85,8 @@ def test_chunked_loss_with_a_frozen_head_gives_hidden_gradients_only():
 
 
 def naive_sparse(student_logits, top_ids, top_logp, labels, kind, tau, alpha, beta):
-    """Reference: teacher buckets = top-k probs + tail, tempered p^(1/tau); student folded likewise."""
+    """Reference, in probabilities: k + 1 bucket masses for each side at temperature 1 (the top-k ids,
+    then everything else), each bucket tempered as mass^(1/tau) and renormalised."""
     total, count = 0.0, 0
     for i in range(student_logits.shape[0]):
         if labels[i] == -100:
@@ -93,10 +94,11 @@ def naive_sparse(student_logits, top_ids, top_logp, labels, kind, tau, alpha, be
         count += 1
         p = torch.cat([top_logp[i].exp(), (1 - top_logp[i].exp().sum()).reshape(1)])
         pt = p ** (1 / tau) / (p ** (1 / tau)).sum()
-        full = torch.softmax(student_logits[i] / tau, -1)
+        full = torch.softmax(student_logits[i], -1)
         q = torch.cat([full[top_ids[i]], (1 - full[top_ids[i]].sum()).reshape(1)])
-        ce = -torch.log(torch.softmax(student_logits[i], -1)[labels[i]])
-        total = total + (1 - alpha) * ce + alpha * tau**2 * naive_divergence(pt, q, kind, beta)
+        qs = q ** (1 / tau) / (q ** (1 / tau)).sum()
+        ce = -torch.log(full[labels[i]])
+        total = total + (1 - alpha) * ce + alpha * tau**2 * naive_divergence(pt, qs, kind, beta)
     return total / count
 
 
