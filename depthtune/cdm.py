@@ -63,21 +63,23 @@ def entropy_collapse(certainty: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return (1.0 - TAIL_WEIGHT) * level + TAIL_WEIGHT * torch.maximum(level, tail_level)
 
 
-def attention_sparsity(attn: torch.Tensor, attention_mask: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
-    """One layer: [B, H, T, K=T] weights, [B, T] key mask, [B, T] bool queries -> ([B] sum, [B] count).
+def attention_sparsity(attn: torch.Tensor, key_mask: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    """One layer: [B, H, Q, K] weights of the last Q positions over K keys, [B, K] key mask (1 = real
+    token), [B, Q] bool queries to count -> ([B] sum, [B] count).
 
-    Per query row: 1 - H(a) / log(n_visible), where n_visible counts the real keys the
-    causal mask lets it see. Uniform attention gives 0, attention on one key gives 1.
-    Rows that see a single key carry no information and are left out. Returns the
-    sum over heads and rows and the number of rows, so layers can be pooled.
+    Per query row: sum_j a_j^2, the attention's collision probability (Renyi order 2, as in entropy
+    collapse): 1 / the effective number of keys attended. One key gives 1, an even spread over m keys
+    gives 1/m. It depends on the pattern only, not on how many keys the query could have seen, so the
+    same pattern scores the same at any length (1 - H/log n, used before, rose with n: 0.6 on the first
+    token and 0.4 over the last 8 scored 0.45 at 20 keys and 0.72 at 200). Rows that see a single real
+    key carry no information (their weight is 1 by force) and are left out. Returns the sum over heads
+    and rows and the number of rows, so layers can be pooled.
     """
     a = attn.float().clamp_min(0.0)
-    ent = -(a * torch.log(a.clamp_min(1e-12))).sum(-1)  # [B, H, T]
-    visible = attention_mask.long().cumsum(-1).float()  # [B, T] real keys at or before q
-    rows = query_mask & (visible > 1.5)
-    sparsity = 1.0 - ent / torch.log(visible.clamp_min(2.0)).unsqueeze(1)
-    sparsity = sparsity.clamp(0.0, 1.0) * rows.unsqueeze(1)
-    return sparsity.sum((1, 2)), rows.sum(-1).float() * attn.shape[1]
+    collision = (a * a).sum(-1)  # [B, H, Q]
+    seen = key_mask.long().cumsum(-1)[:, -attn.shape[-2]:]  # [B, Q] real keys at or before each query
+    rows = query_mask & (seen > 1)
+    return (collision * rows.unsqueeze(1)).sum((1, 2)), rows.sum(-1).float() * attn.shape[1]
 
 
 def basin_resistance(jsd: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -133,14 +133,21 @@ def resolve_config(args) -> RunConfig:
 def print_table(metrics: dict) -> None:
     from .stages.report import ROWS, _fmt
 
-    b, a = metrics["before"], metrics["after"]
-    print(f"\n{'metric':<28}{'before':>10}{'after':>10}")
+    b, a, d = metrics["before"], metrics["after"], metrics["deltas"]
+    print(f"\n{'metric':<28}{'before':>10}{'after':>10}   change (95% interval)")
     for key, label, fmt in ROWS:
-        print(f"{label.format(line=metrics['deep_line']):<28}{_fmt(b.get(key), fmt):>10}{_fmt(a.get(key), fmt):>10}")
-    s = metrics["selection"]
-    print(f"\nkept {s['kept']}/{s['total']} samples at CDM >= {s['threshold']:g}; "
-          f"{metrics['trainable_params']:,} trainable params; trained {metrics['train_seconds']:.0f} s; "
-          f"CDM AUROC {metrics['cdm_auroc']}")
+        scale = 100 if key in ("accuracy", "deep_rate") else 1
+        ci = d.get(key, {}).get("ci95")
+        change = f"{d[key]['delta'] * scale:+.1f} ({ci[0] * scale:+.1f} to {ci[1] * scale:+.1f})" if ci else ""
+        print(f"{label.format(line=metrics['deep_line']):<28}{_fmt(b.get(key), fmt):>10}{_fmt(a.get(key), fmt):>10}"
+              f"   {change}")
+    s, au = metrics["selection"], metrics["auroc"].get("cdm")
+    how = f"CDM >= {s['threshold']:g}" if s["selector"] == "cdm" else f"selector {s['selector']}"
+    within = (au or {}).get("within_prompt", {}).get("value")
+    print(f"\nkept {s['kept']}/{s['total']} samples ({how}); {metrics['trainable_params']:,} trainable params; "
+          f"trained {metrics['train_seconds']:.0f} s; CDM AUROC " +
+          (f"{au['pooled']:.2f} pooled, {within:.2f} within prompt" if au and within is not None else
+           f"{au['pooled']:.2f} pooled" if au else "n/a"))
 
 
 def run_stage(name: str, run_dir: Path, cfg: RunConfig, redo: bool) -> None:
@@ -221,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
             metrics = run_all(run_dir, cfg)
             print_table(metrics)
-            print(f"\nreport: {run_dir / 'report.md'}")
+            print(f"\nreport: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
         elif args.command == "compare":
             from .distill.compare import run_compare
             from .distill.decide import render
@@ -230,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.distill.student:
                 resolve(cfg.distill.student)
             print("\n" + render(run_compare(run_dir, cfg)))
-            print(f"report: {run_dir / 'compare.md'}")
+            print(f"report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
         else:
             run_stage(args.command, run_dir, cfg, args.redo)
         return 0

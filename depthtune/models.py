@@ -126,5 +126,19 @@ def load_model(name: str | None, dtype: str = "auto", device: str = "auto"):
     return model.to(dev).eval()
 
 
+def split_head(model):
+    """-> (backbone returning last_hidden_state, LM-head module) of a causal LM, PEFT-wrapped or not."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(inner, inner.base_model_prefix), inner.get_output_embeddings()
+
+
+def head_logits(model, head, hidden: torch.Tensor) -> torch.Tensor:
+    """[..., D] final hidden states -> [..., V] logits as the model's forward makes them (its head, then
+    Gemma-style final soft-capping where the config has it)."""
+    logits = head(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
 def count_params(model, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

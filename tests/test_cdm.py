@@ -51,13 +51,14 @@ def _uniform_causal(B, H, T, pad):
     return attn, mask
 
 
-def test_uniform_attention_scores_zero_sparsification():
+def test_uniform_attention_scores_one_over_the_keys_seen():
     attn, mask = _uniform_causal(2, 3, 8, pad=2)
     queries = torch.zeros(2, 8, dtype=torch.bool)
     queries[:, 4:] = True
     total, count = cdm.attention_sparsity(attn, mask, queries)
     assert count.tolist() == [12.0, 12.0]  # 4 queries x 3 heads
-    assert torch.allclose(total / count, torch.zeros(2), atol=1e-5)
+    want = sum(1 / n for n in (3, 4, 5, 6)) / 4  # queries 4..7 see 3..6 real keys, evenly
+    assert torch.allclose(total / count, torch.full((2,), want), atol=1e-6)
 
 
 def test_single_key_attention_scores_full_sparsification():
@@ -68,6 +69,34 @@ def test_single_key_attention_scores_full_sparsification():
     total, count = cdm.attention_sparsity(attn, mask, queries)
     assert count.item() == 10  # the first query sees one key and is left out
     assert (total / count).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def _sink_pattern(T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last query of a T-key sequence: 0.6 on the first token, 0.4 spread over the last 8."""
+    attn = torch.zeros(1, 1, 1, T)
+    attn[..., 0] = 0.6
+    attn[..., -8:] = 0.05
+    return attn, torch.ones(1, T, dtype=torch.long)
+
+
+def test_attention_part_is_length_fair():
+    """The same pattern scores the same at 20, 60 and 200 keys (1 - H/log n gave 0.45, 0.63, 0.72)."""
+    scores = []
+    for T in (20, 60, 200):
+        attn, mask = _sink_pattern(T)
+        total, count = cdm.attention_sparsity(attn, mask, torch.ones(1, 1, dtype=torch.bool))
+        scores.append((total / count).item())
+    assert scores == pytest.approx([0.36 + 8 * 0.05 ** 2] * 3, abs=1e-6)
+
+
+def test_entropy_and_resistance_parts_are_length_fair():
+    """The same per-token values give the same part at 3, 30 and 300 answer tokens."""
+    for n_tokens in (3, 30, 300):
+        mask = torch.ones(1, n_tokens, dtype=torch.bool)
+        certainty = torch.full((1, n_tokens), 0.7)
+        jsd = torch.full((1, n_tokens), 0.04)
+        assert cdm.entropy_collapse(certainty, mask).item() == pytest.approx(0.7)
+        assert cdm.basin_resistance(jsd, mask).item() == pytest.approx(0.96)
 
 
 def test_perturbation_free_pass_scores_full_resistance():
@@ -150,3 +179,43 @@ def test_empty_completion_scores_zero(tiny_model_dir):
     out = score.score_rows(model, tok, rows, ScoreConfig())
     assert out[1]["cdm"] == 0.0 and out[0]["cdm"] > 0
     assert math.isfinite(out[0]["cdm"])
+
+
+def test_scorer_matches_a_plain_pass_over_each_whole_sequence(tiny_model_dir):
+    """Batched scoring (shared prompt caches, left padding, hooks, chunked head) against the textbook
+    computation: one unpadded forward pass per sample over prompt + completion, eager attention."""
+    from depthtune import models
+    from depthtune.stages import score
+
+    tok, model = models.load_tokenizer(str(tiny_model_dir)), models.load_model(str(tiny_model_dir), "float32", "cpu")
+    rows = _rows(tok, 3)
+    rows += [{**r, "sample_id": r["sample_id"][:-1] + "1", "completion_ids": r["completion_ids"][:2]} for r in rows]
+    got = score.score_batch(model, rows, tok.pad_token_id, noise=0.0, seed=0, weights=cdm.WEIGHTS)
+    model.set_attn_implementation("eager")
+    for r, g in zip(rows, got):
+        ids = torch.tensor([r["prompt_ids"] + r["completion_ids"]])
+        P, n = len(r["prompt_ids"]), len(r["completion_ids"])
+        out = model(input_ids=ids, output_attentions=True)
+        logits = out.logits[0, P - 1:P - 1 + n]  # the positions that predict the completion
+        mask = torch.ones(1, n, dtype=torch.bool)
+        e = cdm.entropy_collapse(cdm.token_certainty(logits).unsqueeze(0), mask).item()
+        a = torch.stack([(w[0, :, P:] ** 2).sum(-1) for w in out.attentions]).mean().item()
+        lp = torch.log_softmax(logits, -1)[torch.arange(n), r["completion_ids"]].mean().item()
+        assert g["entropy_collapse"] == pytest.approx(e, abs=1e-4)
+        assert g["attention_sparsification"] == pytest.approx(a, abs=1e-4)
+        assert g["mean_logprob"] == pytest.approx(lp, abs=1e-4)
+        assert g["basin_resistance"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_degenerate_flags():
+    from depthtune.degenerate import flags
+
+    base = {"prompt": "Tom has 5 apples and gets 3 more. How many apples does Tom have now?", "finished": True}
+    ok = {**base, "completion_ids": list(range(20)), "completion": "Tom starts with 5 and gets 3, so 8 apples."}
+    loop = {**base, "completion_ids": [7, 8, 9] * 8, "completion": "8 8 8"}
+    cut = {**ok, "finished": False}
+    echo = {**base, "completion_ids": list(range(14)), "completion": "Tom has 5 apples and gets 3 more. How many"}
+    restated = {**ok, "completion": "Tom has 5 apples and gets 3 more, so Tom has 8 apples now."}
+    assert flags(ok) == [] and flags(restated) == []
+    assert flags(loop) == ["repetition"] and flags(cut) == ["unfinished"] and flags(echo) == ["echo"]
+    assert flags({**base, "completion_ids": [5, 5, 5], "completion": "8"}) == []  # short answers are not loops

@@ -67,11 +67,22 @@ def test_selection_that_keeps_nothing_stops_cleanly_and_can_be_rerun(tiny_model_
     args[args.index("--threshold") + 1] = "99"
     assert main(["run"] + args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("depthtune: error: selection kept nothing") and "would keep about 10%" in err
+    assert err.startswith("depthtune: error: selection kept 0 of 12 samples") and "would keep about 10%" in err
     assert "\n" not in err
     assert not (run_dir / "select").exists() and artifacts.is_done(run_dir / "score")
     assert main(["run", "--run-dir", str(run_dir), "--threshold", "0"]) == 0
     assert "[score] already finished" in capsys.readouterr().out
+
+
+def test_a_selection_too_small_to_learn_from_refuses_and_names_the_fix(tiny_model_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = tiny_args(tiny_model_dir, run_dir) + FAST
+    args[args.index("select.min_kept=0")] = "select.min_kept=50"
+    assert main(["run"] + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("depthtune: error: selection kept 12 of 12 samples, fewer than select.min_kept = 50")
+    assert "--set select.min_kept=0 trains on 12 anyway" in err and "\n" not in err
+    assert not (run_dir / "train").exists()
 
 
 def test_interrupted_generation_resumes_without_losing_or_repeating_samples(tiny_model_dir, tmp_path, monkeypatch):

@@ -2,10 +2,10 @@
 
 prepare -> student (given or pruned; checked) -> teacher generate (+ cached top-k) -> score -> select
         -> train alone (reference answers, cross-entropy) -> train distilled (teacher's samples,
-           soft targets) -> evaluate all four on the held-out prompts -> compare.md / compare.json
+           soft targets) -> evaluate all four on the held-out prompts -> report.md, report.html, compare.json
 
 Layout of <run>: the depthtune run stages (prompts, generate, score, select, evaluate) plus
-student/, alone/, distilled/ (each a model dir + manifest) and compare.{md,json}.
+student/, alone/, distilled/ (each a model dir + manifest), report.{md,html} and compare.json.
 """
 from __future__ import annotations
 

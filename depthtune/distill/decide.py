@@ -1,32 +1,44 @@
 """The `depthtune compare` report: the four models side by side, gap recovered, and a decision.
 
-Every figure comes from the run's files; every sentence of the decision is picked by
-comparing those figures (rules below), so the report can and does say "do not distil".
+Every figure comes from the run's files; every sentence of the decision is picked by comparing those
+figures with the rules below, so the report can and does say "do not distil".
+
+Rules. Accuracy differences are paired over the held-out prompts with a bootstrap 95% interval.
+- Distillation helped only when the interval of (distilled - alone) lies above zero.
+- "As accurate as" means non-inferior: the interval of (a - b) lies above -margin (distill.margin,
+  5 points by default). A difference that is merely not significant is not evidence of equivalence:
+  with few prompts the interval is wide and nothing passes.
+The deployed model is then the cheapest (by the stated priority) that is as accurate as the best.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from .. import artifacts
+from .. import artifacts, htmlpage, stats
 from ..stages.report import _fmt, machine, paired
 
 LABELS = {"teacher": "teacher", "student": "student, untouched", "alone": "student trained alone",
           "distilled": "student distilled"}
-SIGNIFICANT = 0.05
+MODELS = ("teacher", "student", "alone", "distilled")
 
 
-def gap_recovered(teacher: float | None, alone: float | None, distilled: float | None) -> float | None:
-    """(distilled - alone) / (teacher - alone); None when there is no gap to recover."""
-    if None in (teacher, alone, distilled) or teacher <= alone:
-        return None
-    return (distilled - alone) / (teacher - alone)
+def correct_by_prompt(rows: dict[str, list[dict]]) -> tuple[list[str], dict[str, list[float]]]:
+    """The prompts every model answered with a verdict, and each model's 0/1 there, in one order."""
+    common = set.intersection(*[{r["prompt_id"] for r in rs if r.get("correct") is not None} for rs in rows.values()])
+    order = sorted(common)
+    return order, {m: [float({r["prompt_id"]: r["correct"] for r in rs}[p]) for p in order] for m, rs in rows.items()}
+
+
+def accuracy_delta(scores: dict[str, list[float]], a: str, b: str) -> dict:
+    """Accuracy of a minus accuracy of b, paired over prompts, with its 95% interval."""
+    return stats.paired_delta(scores[b], scores[a])
 
 
 def collect(run_dir: Path, cfg) -> dict:
     run_dir = Path(run_dir)
-    rows = {m: artifacts.read_jsonl(run_dir / "evaluate" / f"{m}.jsonl") for m in ("teacher", "student", "alone", "distilled")}
-    out = {"machine": machine(), "models": {}}
+    rows = {m: artifacts.read_jsonl(run_dir / "evaluate" / f"{m}.jsonl") for m in MODELS}
+    out = {"machine": machine(), "models": {}, "margin": cfg.distill.margin}
     teacher_data = artifacts.read_json(run_dir / "generate" / "manifest.json")["seconds"]  # generation only
     for m in rows:
         s = artifacts.read_json(run_dir / "evaluate" / f"{m}.json")
@@ -36,54 +48,63 @@ def collect(run_dir: Path, cfg) -> dict:
                             "train_seconds": train.get("train_seconds", 0.0),
                             "teacher_data_seconds": round(teacher_data, 1) if m == "distilled" else 0.0,
                             "cpu_hours_per_million": round(seconds_per_answer * 1e6 / 3600, 1)}
-    acc = {m: out["models"][m]["accuracy"] for m in rows}
-    out["gap_recovered"] = gap_recovered(acc["teacher"], acc["alone"], acc["distilled"])
-    out["distilled_vs_alone"] = paired(rows["alone"], rows["distilled"])
+    _, scores = correct_by_prompt(rows)
+    for m in rows:
+        out["models"][m]["accuracy_ci95"] = stats.mean_ci(scores[m])["ci95"] if len(scores[m]) > 1 else None
+    out["gap_recovered"] = stats.gap_recovered(scores["teacher"], scores["alone"], scores["distilled"])
+    out["distilled_vs_alone"] = {**paired(rows["alone"], rows["distilled"]),
+                                 "delta": accuracy_delta(scores, "distilled", "alone")}
     out["priority"], out["calls_per_day"] = cfg.distill.priority, cfg.distill.calls_per_day
-    out["decision"] = decide(out, rows)
+    out["decision"] = decide(out, scores)
     return out
 
 
-def decide(m: dict, rows: dict) -> list[str]:
-    """Rules: distillation is worth it only if it beats training alone significantly on held-out
-    prompts; the deployed model is then picked by the stated priority."""
-    mods, dv = m["models"], m["distilled_vs_alone"]
+def _span(d: dict) -> str:
+    if d["ci95"] is None:
+        return f"{100 * d['delta']:+.1f} points, interval not computable"
+    return f"{100 * d['delta']:+.1f} points, 95% interval {100 * d['ci95'][0]:+.1f} to {100 * d['ci95'][1]:+.1f}"
+
+
+def decide(m: dict, scores: dict[str, list[float]]) -> list[str]:
+    mods, margin = m["models"], m["margin"]
     acc = {k: v["accuracy"] or 0.0 for k, v in mods.items()}
-    lines = []
-    helps = acc["distilled"] > acc["alone"] and dv["accuracy_p"] is not None and dv["accuracy_p"] < SIGNIFICANT
+    dv = accuracy_delta(scores, "distilled", "alone")
+    helps = dv["ci95"] is not None and dv["ci95"][0] > 0
+    teacher_s = mods["distilled"]["teacher_data_seconds"]
     if helps:
-        lines.append(f"Distillation helped: the distilled student beats the one trained alone "
-                     f"({acc['alone']:.0%} -> {acc['distilled']:.0%}, p = {dv['accuracy_p']:.3f}).")
+        lines = [f"Distillation helped: the distilled student beats the one trained alone ({acc['alone']:.0%} -> "
+                 f"{acc['distilled']:.0%}; {_span(dv)})."]
     else:
-        why = ("it did worse" if acc["distilled"] < acc["alone"] else "it did no better" if acc["distilled"] == acc["alone"]
-               else f"its gain ({acc['alone']:.0%} -> {acc['distilled']:.0%}, {dv['fixed']} fixed, {dv['broken']} broken) "
-                    f"is not significant (p = {dv['accuracy_p']:.2f})")
-        lines.append(f"Do not distil on this evidence: against the student trained alone on the reference answers, {why}, "
-                     f"and it cost {mods['distilled']['teacher_data_seconds']:.0f} s of teacher generation on top of training.")
-    def not_worse(a: str, b: str) -> bool:
-        """a is not significantly less accurate than b on the same held-out prompts."""
-        t = paired(rows[a], rows[b])
-        return not (acc[a] < acc[b] and t["accuracy_p"] is not None and t["accuracy_p"] < SIGNIFICANT)
+        lines = [f"Do not distil on this evidence: against the student trained alone on the reference answers, the "
+                 f"distilled student's accuracy changed {_span(dv)}, an interval that includes no gain; it cost "
+                 f"{teacher_s:.0f} s of teacher generation on top of training."]
+
+    def as_accurate(a: str, b: str) -> bool:
+        """Non-inferior: a's accuracy minus b's has its 95% interval above -margin."""
+        if a == b:
+            return True
+        d = accuracy_delta(scores, a, b)
+        return d["ci95"] is not None and d["ci95"][0] > -margin
 
     def train_cost(k: str) -> float:
         return mods[k]["train_seconds"] + mods[k]["teacher_data_seconds"]
 
     students = sorted(("student", "alone", "distilled"), key=train_cost)  # cheapest to make first
-    best_student = max(students, key=lambda k: acc[k])
-    priority = m["priority"]
+    priority, within = m["priority"], f"within the {100 * margin:.0f}-point non-inferiority margin"
     if priority == "accuracy":
         best = max(("teacher", *students), key=lambda k: acc[k])
-        pick = next((k for k in students if not_worse(k, best)), "teacher")
-        reason = (f"no student comes within noise of the {LABELS[best]}" if pick == "teacher" else
-                  f"it is not significantly less accurate than the {LABELS[best]} and answers faster than the teacher")
+        pick = next((k for k in students if as_accurate(k, best)), "teacher")
+        reason = (f"no student is shown as accurate as the {LABELS[best]} ({within})" if pick == "teacher" else
+                  f"it is as accurate as the {LABELS[best]} ({within}) and answers faster than the teacher")
     elif priority == "latency":
-        pick = next(k for k in students if not_worse(k, best_student))
-        reason = "the students answer fastest; this is the cheapest one not significantly less accurate than the best"
+        best = max(students, key=lambda k: acc[k])
+        pick = next(k for k in students if as_accurate(k, best))
+        reason = f"the students answer fastest; this is the cheapest one as accurate as the best student ({within})"
     else:
         everyone = sorted(("teacher", *students), key=lambda k: (train_cost(k), mods[k]["ms_per_answer"]))
         best = max(everyone, key=lambda k: acc[k])
-        pick = next(k for k in everyone if not_worse(k, best))
-        reason = "it needs the least training and is not significantly less accurate than any other option"
+        pick = next(k for k in everyone if as_accurate(k, best))
+        reason = f"it needs the least training and is as accurate as the most accurate option ({within})"
     chosen = mods[pick]
     per_day = m["calls_per_day"] * chosen["ms_per_answer"] / 1000
     lines.append(f"Priority {priority}: deploy the {LABELS[pick]} ({_fmt(chosen['accuracy'], '{:.0%}')} accuracy, "
@@ -92,8 +113,8 @@ def decide(m: dict, rows: dict) -> list[str]:
                  f"{m['calls_per_day']:,} calls a day need {per_day / 3600:,.1f} machine-hours a day "
                  f"({math.ceil(per_day / 86400) if per_day else 0} machine(s) like this one).")
     lines.append("Distillation is not worth doing when the teacher-student gap is small, when the student trained "
-                 "alone already closes it, or when the gain does not survive a paired test on held-out prompts; "
-                 + ("here it did survive." if helps else "here it did not."))
+                 "alone already closes it, or when the gain's interval over held-out prompts includes zero; "
+                 + ("here the gain's interval lies above zero." if helps else "here it does not."))
     return lines
 
 
@@ -110,15 +131,46 @@ def render(m: dict) -> str:
     table = [head, "|---" * (len(names) + 1) + "|"]
     for key, label, fmt in ROWS:
         table.append(f"| {label} | " + " | ".join(_fmt(m["models"][n].get(key), fmt) for n in names) + " |")
+    ci = [(f"{100 * c[0]:.0f}-{100 * c[1]:.0f}%" if (c := m["models"][n].get("accuracy_ci95")) else "–") for n in names]
+    table.append("| Accuracy, 95% interval | " + " | ".join(ci) + " |")
     g = m["gap_recovered"]
-    gap = (f"Gap recovered: {g:.0%} = (distilled - alone) / (teacher - alone) on accuracy." if g is not None
-           else "Gap recovered: undefined, the student trained alone is not behind the teacher.")
+    if g["value"] is None:
+        gap = "Gap recovered: undefined, the student trained alone is not behind the teacher."
+    else:
+        span = (f"95% interval {100 * g['ci95'][0]:.0f}% to {100 * g['ci95'][1]:.0f}%" if g["ci95"] else
+                "interval undefined: in many resamples the teacher is not ahead")
+        gap = f"Gap recovered: {g['value']:.0%} = (distilled - alone) / (teacher - alone) on accuracy ({span}, n = {g['n']})."
     return "\n".join(["# depthtune compare", "", f"Machine: {m['machine']}.", "", *table, "", gap, "",
-                      "## Decision", "", *[f"- {line}" for line in m["decision"]], ""])
+                      "## Decision", "", *[f"- {line}" for line in m["decision"]], "",
+                      "![Held-out accuracy of the four models](models.png)", ""])
+
+
+def plot(run_dir: Path, m: dict) -> None:
+    """Accuracy of each model with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..stages.report import save
+
+    names = list(m["models"])
+    acc = [100 * (m["models"][n]["accuracy"] or 0) for n in names]
+    ci = [m["models"][n].get("accuracy_ci95") or [a / 100, a / 100] for n, a in zip(names, acc)]
+    err = [[a - 100 * c[0] for a, c in zip(acc, ci)], [100 * c[1] - a for a, c in zip(acc, ci)]]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(range(len(names)), acc, yerr=err, capsize=4, color=["tab:gray", "tab:orange", "tab:green", "tab:blue"])
+    ax.set_xticks(range(len(names)), [LABELS[n].replace("student ", "student\n") for n in names])
+    ax.set(ylabel="held-out accuracy (%)", title="Accuracy with 95% intervals")
+    save(fig, Path(run_dir) / "models.png")
 
 
 def write_report(run_dir: Path, cfg) -> dict:
+    """compare.json, and report.md / report.html (plots inlined) like `depthtune run` writes."""
     m = collect(run_dir, cfg)
+    plot(run_dir, m)
+    md = render(m)
     artifacts.write_json(Path(run_dir) / "compare.json", m)
-    artifacts.write_text(Path(run_dir) / "compare.md", render(m))
+    artifacts.write_text(Path(run_dir) / "report.md", md)
+    artifacts.write_text(Path(run_dir) / "report.html", htmlpage.render(md, Path(run_dir), "depthtune compare"))
     return m

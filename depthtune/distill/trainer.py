@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
+from .. import models
 from ..config import DistillConfig
 from ..errors import DepthtuneError
 from ..stages.train import build_example, collate
@@ -16,13 +17,12 @@ from .losses import IGNORE, chunked_kd_loss
 
 
 def split_head(model):
-    """-> (backbone returning last_hidden_state, LM-head linear) of a causal LM, PEFT-wrapped or not."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = inner.get_output_embeddings()
+    """-> (backbone, LM-head linear) of a causal LM whose logits the chunked loss can rebuild: no bias."""
+    backbone, head = models.split_head(model)
     if getattr(head, "bias", None) is not None:
-        raise DepthtuneError(f"{type(inner).__name__} has a biased LM head, which logit distillation "
+        raise DepthtuneError(f"{type(model).__name__} has a biased LM head, which logit distillation "
                              f"does not support yet; use sequence-level distillation (--set distill.alpha=0)")
-    return getattr(inner, inner.base_model_prefix), head
+    return backbone, head
 
 
 def kd_examples(rows: list[dict], eos_id: int, cache: dict | None) -> list[dict]:

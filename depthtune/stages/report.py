@@ -1,9 +1,12 @@
-"""Stage 7, report: metrics.json, report.md and cdm.png from the run's own files.
+"""Stage 7, report: metrics.json, report.md, report.html and the plots, from the run's own files.
 
-Reads  the manifests of score, select, train and evaluate, and evaluate/{base,tuned}.jsonl
-Writes <run>/metrics.json, <run>/report.md, <run>/cdm.png
+Reads  the manifests of generate, score, select, train and evaluate; score/scored.jsonl;
+       evaluate/{base,tuned}.jsonl
+Writes <run>/metrics.json, report.md, report.html (plots inlined), cdm.png, suites.png
 
-Every figure comes from those files; the sentences are chosen by comparing numbers.
+Every before/after delta carries a paired bootstrap 95% interval over the held-out prompts
+(depthtune.stats), and a change is called an improvement or a loss only when its interval excludes
+zero; otherwise the report says "no detectable change" and how wide the interval is.
 """
 from __future__ import annotations
 
@@ -12,55 +15,18 @@ from pathlib import Path
 
 import torch
 
-from .. import artifacts
+from .. import artifacts, htmlpage, stats
+from ..cdm import PARTS
 
 ROWS = [("mean_cdm", "Mean CDM", "{:.1f}"), ("deep_rate", "Deep rate (CDM >= {line:g})", "{:.0%}"),
         ("accuracy", "Accuracy", "{:.0%}"), ("mean_completion_tokens", "Mean answer tokens", "{:.1f}"),
         ("ms_per_token", "ms per token", "{:.1f}"), ("peak_memory_mb", "Peak memory (MB)", "{:.0f}")]
 HIGHER_IS_BETTER = {"mean_cdm": True, "deep_rate": True, "accuracy": True, "ms_per_token": False,
-                    "peak_memory_mb": False}
-
-
-def auroc(scores: list[float], labels: list[bool]) -> float | None:
-    """P(score of a random correct sample > that of a random wrong one), ties count half."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
-
-
-def binomial_two_sided(k: int, n: int) -> float:
-    """Exact two-sided p-value of k successes in n fair coin flips (sign test, exact McNemar)."""
-    if n == 0:
-        return 1.0
-    from math import comb
-
-    tail = sum(comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
-
-
-def paired(before: list[dict], after: list[dict]) -> dict:
-    """Per-prompt comparison of the two evaluations (same held-out prompts, same order)."""
-    b = {r["prompt_id"]: r for r in before}
-    pairs = [(b[r["prompt_id"]], r) for r in after if r["prompt_id"] in b]
-    judged = [(x["correct"], y["correct"]) for x, y in pairs if x.get("correct") is not None]
-    fixed = sum(1 for x, y in judged if not x and y)
-    broken = sum(1 for x, y in judged if x and not y)
-    up = sum(1 for x, y in pairs if y["cdm"] > x["cdm"])
-    down = sum(1 for x, y in pairs if y["cdm"] < x["cdm"])
-    return {"prompts": len(pairs), "fixed": fixed, "broken": broken,
-            "accuracy_p": round(binomial_two_sided(fixed, fixed + broken), 4) if judged else None,
-            "cdm_up": up, "cdm_down": down, "cdm_p": round(binomial_two_sided(up, up + down), 4)}
-
-
-def by_suite(rows: list[dict]) -> dict:
-    out: dict[str, list] = {}
-    for r in rows:
-        if r.get("correct") is not None:
-            out.setdefault(r.get("suite") or "user", []).append(r["correct"])
-    return {k: round(sum(v) / len(v), 4) for k, v in sorted(out.items())}
+                    "mean_completion_tokens": None}
+SIGNALS = ("cdm", "mean_logprob") + PARTS  # what can rank samples: CDM, the trivial baseline, each part
+# Speed on the shared 2-core CPU: two evaluations of one and the same model differed by up to 13 %
+# (22.0 vs 19.4 ms per token), so a speed change is called only beyond this and its interval.
+NOISE = 0.15
 
 
 def machine() -> str:
@@ -71,29 +37,114 @@ def machine() -> str:
     return f"CPU {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
+def paired(before: list[dict], after: list[dict]) -> dict:
+    """Per-prompt comparison of two evaluations on the same held-out prompts: fixed / broken answers
+    (exact McNemar), prompts whose CDM rose / fell (sign test)."""
+    b = {r["prompt_id"]: r for r in before}
+    pairs = [(b[r["prompt_id"]], r) for r in after if r["prompt_id"] in b]
+    judged = [(x["correct"], y["correct"]) for x, y in pairs if x.get("correct") is not None]
+    fixed = sum(1 for x, y in judged if not x and y)
+    broken = sum(1 for x, y in judged if x and not y)
+    scored = [(x, y) for x, y in pairs if x.get("cdm") is not None and y.get("cdm") is not None]
+    up = sum(1 for x, y in scored if y["cdm"] > x["cdm"])
+    down = sum(1 for x, y in scored if y["cdm"] < x["cdm"])
+    return {"prompts": len(pairs), "fixed": fixed, "broken": broken,
+            "accuracy_p": round(stats.binomial_two_sided(fixed, fixed + broken), 4) if judged else None,
+            "cdm_up": up, "cdm_down": down, "cdm_p": round(stats.binomial_two_sided(up, up + down), 4)}
+
+
+def per_prompt(row: dict, key: str, deep_line: float):
+    """One held-out answer's value of a metric (accuracy and deep rate as 0/1), None when unmeasured."""
+    if key == "accuracy":
+        return None if row.get("correct") is None else float(row["correct"])
+    if key == "deep_rate":
+        return None if row.get("cdm") is None else float(row["cdm"] >= deep_line)
+    if key == "mean_completion_tokens":
+        return float(len(row["completion_ids"]))
+    return row.get("cdm") if key == "mean_cdm" else None
+
+
+def deltas(before: list[dict], after: list[dict], deep_line: float) -> dict:
+    """Paired before/after change of every per-prompt metric, with its bootstrap 95% interval."""
+    b = {r["prompt_id"]: r for r in before}
+    pairs = [(b[r["prompt_id"]], r) for r in after if r["prompt_id"] in b]
+    out = {}
+    for key in ("accuracy", "mean_cdm", "deep_rate", "mean_completion_tokens"):
+        vals = [(per_prompt(x, key, deep_line), per_prompt(y, key, deep_line)) for x, y in pairs]
+        vals = [(x, y) for x, y in vals if x is not None and y is not None]
+        if vals:
+            out[key] = stats.paired_delta([x for x, _ in vals], [y for _, y in vals])
+    timed = [(x, y) for x, y in pairs if x.get("gen_seconds") and y.get("gen_seconds")]
+    if timed:  # ms per token as total time over total tokens, resampled by prompt
+        col = lambda side, f: [f(p[side]) for p in timed]  # noqa: E731
+        out["ms_per_token"] = stats.paired_ratio_delta(
+            col(0, lambda r: 1000 * r["gen_seconds"]), col(0, lambda r: max(1, len(r["completion_ids"]))),
+            col(1, lambda r: 1000 * r["gen_seconds"]), col(1, lambda r: max(1, len(r["completion_ids"]))))
+    return out
+
+
+def ranking_power(scored: list[dict]) -> dict:
+    """How well each signal ranks correct above wrong samples: pooled over all samples, and within
+    prompt (pairs of one prompt's samples only), for CDM, the mean token log-prob and each CDM part."""
+    judged = [r for r in scored if r.get("correct") is not None]
+    out = {}
+    for signal in SIGNALS:
+        rows = [r for r in judged if r.get(signal) is not None]
+        if not rows:
+            continue
+        scores, labels = [r[signal] for r in rows], [r["correct"] for r in rows]
+        pooled = stats.auroc(scores, labels)
+        if pooled is None:  # every sample right, or every one wrong: nothing to rank
+            continue
+        out[signal] = {"pooled": round(pooled, 4),
+                       "within_prompt": stats.within_prompt_auroc(scores, labels, [r["prompt_id"] for r in rows])}
+    return out
+
+
+def token_limit(rows: list[dict], limit: int) -> dict:
+    hit = sum(1 for r in rows if not r.get("finished", True))
+    return {"hit": hit, "total": len(rows), "share": round(hit / max(1, len(rows)), 4), "max_new_tokens": limit}
+
+
+def by_suite(rows: list[dict]) -> dict:
+    out: dict[str, list] = {}
+    for r in rows:
+        if r.get("correct") is not None:
+            out.setdefault(r.get("suite") or "user", []).append(r["correct"])
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(out.items())}
+
+
 def collect(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     ev = artifacts.read_manifest(run_dir / "evaluate", "evaluate")
     sel = artifacts.read_manifest(run_dir / "select", "select")
     tr = artifacts.read_manifest(run_dir / "train", "train")
+    gen = artifacts.read_manifest(run_dir / "generate", "generate")
+    sc = artifacts.read_manifest(run_dir / "score", "score")
     scored = artifacts.read_jsonl(run_dir / "score" / "scored.jsonl")
-    judged = [(r["cdm"], r["correct"]) for r in scored if r.get("correct") is not None]
     base_rows = artifacts.read_jsonl(run_dir / "evaluate" / "base.jsonl")
     tuned_rows = artifacts.read_jsonl(run_dir / "evaluate" / "tuned.jsonl")
-    au = auroc([s for s, _ in judged], [y for _, y in judged]) if judged else None
+    deep_line = ev["config"]["evaluate"]["deep_line"]
+    power = ranking_power(scored)
+    judged = [r for r in scored if r.get("correct") is not None]
+    cfg = ev["config"]
     return {
         "model": tr["base_model"] or "embedded SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)",
-        "machine": machine(),
+        "machine": machine(), "backend": gen.get("backend", "local"), "template": cfg["data"].get("template", "auto"),
         "before": ev["base"], "after": ev["tuned"],
+        "deltas": deltas(base_rows, tuned_rows, deep_line),
         "selection": {"total": sel["total"], "kept": sel["kept"], "threshold": sel["threshold"],
-                      "prompts_with_kept": sel["prompts_with_kept"],
+                      "selector": sel.get("selector", "cdm"), "prompts_with_kept": sel["prompts_with_kept"],
+                      "degenerate_left_out": sel.get("degenerate_left_out", 0),
                       "correct_only": bool(judged) and sel["config"]["select"]["require_correct"]},
         "method": tr["method"], "trainable_params": tr["trainable_params"], "base_params": tr["base_params"],
         "train_seconds": tr["train_seconds"], "train_examples": tr["examples"], "final_loss": tr["final_loss"],
-        "cdm_auroc": round(au, 4) if au is not None else None,
-        "cdm_auroc_samples": len(judged),
-        "deep_line": ev["config"]["evaluate"]["deep_line"],
-        "paired": paired(base_rows, tuned_rows),
+        "cdm_auroc": power.get("cdm", {}).get("pooled"), "cdm_auroc_samples": len(judged), "auroc": power,
+        "degenerate": sc.get("degenerate"),
+        "token_limit": {"samples": token_limit(scored, cfg["generate"]["max_new_tokens"]),
+                        "base": token_limit(base_rows, cfg["evaluate"]["max_new_tokens"]),
+                        "tuned": token_limit(tuned_rows, cfg["evaluate"]["max_new_tokens"])},
+        "deep_line": deep_line, "paired": paired(base_rows, tuned_rows),
         "accuracy_by_suite": {"before": by_suite(base_rows), "after": by_suite(tuned_rows)},
     }
 
@@ -102,63 +153,113 @@ def _fmt(value, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
-# Relative change in speed or memory below which it is noise: on the 2-core CPU two evaluations of
-# one and the same model differed by up to 13 % (1035 vs 1169 MB; 22.0 vs 19.4 ms per token).
-NOISE = 0.15
+def describe(d: dict, scale: float = 1.0, unit: str = "", higher_is_better: bool | None = True) -> str:
+    """'improved, +4.1 points (95% interval +1.0 to +7.3)' or 'no detectable change (... ±x)'."""
+    if d.get("ci95") is None:
+        return f"{d['delta'] * scale:+.1f}{unit}, interval not computable (too few prompts)"
+    lo, hi = (x * scale for x in d["ci95"])
+    span = f"95% interval {lo:+.1f} to {hi:+.1f}{unit}"
+    if lo <= 0 <= hi or higher_is_better is None:
+        word = "no detectable change" if lo <= 0 <= hi else "changed"
+        return f"{word}: {d['delta'] * scale:+.1f}{unit} ({span}, ±{(hi - lo) / 2:.1f})"
+    word = "improved" if (lo > 0) == higher_is_better else "got worse"
+    return f"{word}, {d['delta'] * scale:+.1f}{unit} ({span})"
 
 
 def verdicts(m: dict) -> list[str]:
-    lines, b, a, pr = [], m["before"], m["after"], m["paired"]
+    lines, b, a, pr, dl = [], m["before"], m["after"], m["paired"], m["deltas"]
+    units = {"accuracy": (100, " points"), "deep_rate": (100, " points"), "mean_cdm": (1, " CDM"),
+             "mean_completion_tokens": (1, " tokens"), "ms_per_token": (1, " ms")}
     for key, label, fmt in ROWS:
-        if key not in HIGHER_IS_BETTER or b.get(key) is None or a.get(key) is None:
+        if key not in dl:
             continue
         label = label.format(line=m["deep_line"])
-        diff = a[key] - b[key]
-        better = diff > 0 if HIGHER_IS_BETTER[key] else diff < 0
-        change = f"{_fmt(b[key], fmt)} -> {_fmt(a[key], fmt)}"
-        if key in ("ms_per_token", "peak_memory_mb") and abs(diff) <= NOISE * max(abs(b[key]), 1e-9):
-            lines.append(f"- {label}: about the same ({change}; within {NOISE:.0%} measurement noise).")
+        change = f"{_fmt(b.get(key), fmt)} -> {_fmt(a.get(key), fmt)}"
+        d, (scale, unit) = dl[key], units[key]
+        if key == "ms_per_token" and abs(d["delta"]) <= NOISE * max(abs(d["before"]), 1e-9):
+            lines.append(f"- {label}: about the same ({change}; within the {NOISE:.0%} run-to-run noise of this machine).")
             continue
-        word = "unchanged" if abs(diff) < 1e-9 else "improved" if better else "got worse"
         note = ""
         if key == "accuracy":
-            sig = "significant" if pr["accuracy_p"] is not None and pr["accuracy_p"] < 0.05 else "not significant"
-            note = (f" ({pr['fixed']} prompts fixed, {pr['broken']} broken; exact McNemar p = {pr['accuracy_p']:.2f}, "
-                    f"{sig} at n = {pr['prompts']})")
-        elif key == "mean_cdm":
-            sig = "significant" if pr["cdm_p"] < 0.05 else "not significant"
-            note = f" (rose on {pr['cdm_up']} prompts, fell on {pr['cdm_down']}; sign test p = {pr['cdm_p']:.3f}, {sig})"
-        lines.append(f"- {label}: {word}, {change}{note}.")
-    if a["mean_cdm"] > b["mean_cdm"] and (pr["accuracy_p"] is None or pr["accuracy_p"] >= 0.05):
-        lines.append("- Depth rose without a significant change in accuracy: the adapter made the model more "
+            note = f"; {pr['fixed']} prompts fixed, {pr['broken']} broken, exact McNemar p = {pr['accuracy_p']:.2f}"
+        lines.append(f"- {label} ({change}): {describe(d, scale, unit, HIGHER_IS_BETTER[key])}{note}, "
+                     f"n = {d['n']} prompts.")
+    if "peak_memory_mb" in b:
+        lines.append(f"- Peak memory: {_fmt(b['peak_memory_mb'], '{:.0f}')} -> {_fmt(a['peak_memory_mb'], '{:.0f}')} "
+                     f"MB (one measurement each; a merged adapter does not change the architecture).")
+    acc, cdm = dl.get("accuracy"), dl.get("mean_cdm")
+    if cdm and acc and cdm["ci95"] and cdm["ci95"][0] > 0 and acc["ci95"] and acc["ci95"][0] <= 0:
+        lines.append("- Depth rose without a detectable change in accuracy: the adapter made the model more "
                      "certain and more stable, which is what CDM measures, more than it made answers right.")
-    au = m["cdm_auroc"]
-    if au is None:
-        lines.append("- CDM vs correctness: not measurable here (no reference answers, or all samples right or all wrong).")
-    else:
-        strength = "well" if au >= 0.75 else "weakly" if au >= 0.6 else "no better than chance" if au > 0.4 else "inversely"
-        lines.append(f"- CDM predicted correctness {strength} on this data: AUROC {au:.2f} over "
-                     f"{m['cdm_auroc_samples']} base-model samples (0.5 = chance).")
+    return lines + ranking_lines(m) + warnings(m)
+
+
+def ranking_lines(m: dict) -> list[str]:
+    au = m["auroc"]
+    if "cdm" not in au:
+        return ["- CDM vs correctness: not measurable here (no reference answers, or all samples right or all wrong)."]
+    def within(sig):
+        w = au[sig]["within_prompt"]
+        if w["value"] is None:
+            return "n/a (no prompt had both a right and a wrong sample)"
+        ci = f" (95% interval {w['ci95'][0]:.2f}-{w['ci95'][1]:.2f})" if w["ci95"] else ""
+        return f"{w['value']:.2f}{ci} over {w['pairs']} pairs in {w['prompts']} prompts"
+    lines = [f"- Ranking correct above wrong samples (AUROC, 0.5 = chance): CDM {au['cdm']['pooled']:.2f} pooled over "
+             f"{m['cdm_auroc_samples']} samples, {within('cdm')} within prompt."]
+    if "mean_logprob" in au:
+        lines.append(f"- The mean token log-prob, a trivial baseline that needs no extra pass: "
+                     f"{au['mean_logprob']['pooled']:.2f} pooled, {within('mean_logprob')} within prompt.")
+    parts = [f"{p.replace('_', ' ')} {au[p]['within_prompt']['value']:.2f}" for p in PARTS
+             if p in au and au[p]["within_prompt"]["value"] is not None]
+    if parts:
+        lines.append("- Each CDM part alone, within prompt: " + ", ".join(parts) + ".")
     return lines
+
+
+def warnings(m: dict) -> list[str]:
+    out, s, tl = [], m["selection"], m["token_limit"]
+    if s["kept"] < 50:
+        out.append(f"- **Small training set**: the adapter learned from {s['kept']} examples; effects this small a "
+                   f"set can teach are hard to tell from noise.")
+    for which, what, key in (("samples", "generated samples", "generate"), ("base", "held-out base answers",
+                                                                              "evaluate"),
+                             ("tuned", "held-out tuned answers", "evaluate")):
+        t = tl[which]
+        if t["total"] and t["share"] >= 0.1:
+            out.append(f"- **Cut-off answers**: {t['hit']} of {t['total']} {what} ({t['share']:.0%}) hit the "
+                       f"{t['max_new_tokens']}-token limit and were judged unfinished; raise "
+                       f"`--set {key}.max_new_tokens=...`.")
+    dg = m.get("degenerate") or {}
+    if dg.get("any"):
+        out.append(f"- Degenerate samples: {dg['any']} of {s['total']} (repetition {dg['repetition']}, unfinished "
+                   f"{dg['unfinished']}, prompt echo {dg['echo']}); {s['degenerate_left_out']} left out of selection.")
+    return out
 
 
 def render(m: dict) -> str:
     b, a = m["before"], m["after"]
-    table = ["| metric | before | after |", "|---|---|---|"]
+    table = ["| metric | before | after | change (95% interval) |", "|---|---|---|---|"]
     for key, label, fmt in ROWS:
-        table.append(f"| {label.format(line=m['deep_line'])} | {_fmt(b.get(key), fmt)} | {_fmt(a.get(key), fmt)} |")
+        d = m["deltas"].get(key)
+        scale = 100 if key in ("accuracy", "deep_rate") else 1
+        ci = (f"{d['delta'] * scale:+.1f} ({d['ci95'][0] * scale:+.1f} to {d['ci95'][1] * scale:+.1f})"
+              if d and d["ci95"] else "")
+        table.append(f"| {label.format(line=m['deep_line'])} | {_fmt(b.get(key), fmt)} | {_fmt(a.get(key), fmt)} | {ci} |")
     s = m["selection"]
     share = m["trainable_params"] / max(1, m["base_params"])
+    how = (f"CDM >= {s['threshold']:g}" if s["selector"] == "cdm" else f"selector {s['selector']}")
     return "\n".join([
         "# depthtune report", "",
-        f"Model: {m['model']}. Machine: {m['machine']}.", "",
-        f"Selection: kept {s['kept']} of {s['total']} samples (CDM >= {s['threshold']:g}"
-        f"{', correct only' if s['correct_only'] else ''}), from {s['prompts_with_kept']} prompts.",
+        f"Model: {m['model']}. Machine: {m['machine']}. Sampling backend: {m['backend']}. "
+        f"Prompt template: {m['template']}.", "",
+        f"Selection: kept {s['kept']} of {s['total']} samples ({how}{', correct only' if s['correct_only'] else ''}), "
+        f"from {s['prompts_with_kept']} prompts.",
         f"Training: {m['method']}, {m['trainable_params']:,} trainable of {m['base_params']:,} parameters "
         f"({share:.2%}), {m['train_examples']} examples, {m['train_seconds']:.0f} s, final loss {m['final_loss']:.3f}.", "",
-        f"Held-out prompts: {b['samples']} (never trained on), greedy answers.", "",
+        f"Held-out prompts: {b['samples']} (never trained on), greedy answers. Changes are paired over these prompts; "
+        f"the interval is a bootstrap over prompts.", "",
         *table, "", "## What changed", "", *verdicts(m), "", *suite_table(m),
-        "![CDM before and after](cdm.png)", "",
+        "![CDM before and after](cdm.png)", "", "![Accuracy by suite](suites.png)", "",
     ])
 
 
@@ -170,14 +271,16 @@ def suite_table(m: dict) -> list[str]:
     return ["## Accuracy by suite", "", "| suite | before | after |", "|---|---|---|", *rows, ""]
 
 
-def plot(run_dir: Path, deep_line: float) -> None:
+def plot(run_dir: Path, m: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    run_dir, deep_line = Path(run_dir), m["deep_line"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    scores = {w: [r["cdm"] for r in artifacts.read_jsonl(Path(run_dir) / "evaluate" / f"{w}.jsonl")] for w in ("base", "tuned")}
+    scores = {w: [r["cdm"] for r in artifacts.read_jsonl(run_dir / "evaluate" / f"{w}.jsonl") if r.get("cdm") is not None]
+              for w in ("base", "tuned")}
     every = scores["base"] + scores["tuned"] + [deep_line]
     lo, hi = max(0.0, min(every) - 5), min(100.0, max(every) + 5)
     bins = [lo + i * (hi - lo) / 30 for i in range(31)]
@@ -185,18 +288,36 @@ def plot(run_dir: Path, deep_line: float) -> None:
         ax.hist(scores[which], bins=bins, alpha=0.6, color=colour,
                 label=f"{'before' if which == 'base' else 'after'} (n={len(scores[which])})")
     ax.axvline(deep_line, color="black", linestyle="--", linewidth=1, label=f"deep line {deep_line:g}")
-    ax.set_xlabel("CDM on held-out prompts")
-    ax.set_ylabel("samples")
+    ax.set(xlabel="CDM on held-out prompts", ylabel="samples")
     ax.legend()
+    save(fig, run_dir / "cdm.png")
+    before, after = m["accuracy_by_suite"]["before"], m["accuracy_by_suite"]["after"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = list(before) or ["(no references)"]
+    ax.bar([i - 0.2 for i in range(len(names))], [100 * before.get(n, 0) for n in names], 0.4, label="before",
+           color="tab:gray")
+    ax.bar([i + 0.2 for i in range(len(names))], [100 * after.get(n, 0) for n in names], 0.4, label="after",
+           color="tab:blue")
+    ax.set_xticks(range(len(names)), names)
+    ax.set(ylabel="held-out accuracy (%)", title="Accuracy by suite")
+    ax.legend()
+    save(fig, run_dir / "suites.png")
+
+
+def save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    with artifacts.atomic_path(Path(run_dir) / "cdm.png") as tmp:
+    with artifacts.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 
 def run(run_dir: Path) -> dict:
     m = collect(run_dir)
-    plot(run_dir, m["deep_line"])
-    artifacts.write_text(Path(run_dir) / "report.md", render(m))
+    plot(run_dir, m)
+    md = render(m)
+    artifacts.write_text(Path(run_dir) / "report.md", md)
+    artifacts.write_text(Path(run_dir) / "report.html", htmlpage.render(md, Path(run_dir), "depthtune report"))
     artifacts.write_json(Path(run_dir) / "metrics.json", m)
     return m

@@ -1,16 +1,33 @@
-"""Stage 3, select: keep the deep (and, where references exist, correct) samples.
+"""Stage 3, select: keep the samples to train on, ranked by a selector.
 
 Reads  <run>/score/scored.jsonl
 Writes <run>/select/selected.jsonl (+ manifest.json with the yield per prompt)
+
+Selectors (select.selector) rank the eligible samples; select.keep takes the best n of them,
+otherwise cdm keeps every sample at or above select.threshold and the others keep all eligible:
+  cdm                     CDM, the depth score (the default)
+  correct                 correctness alone, in a seeded random order: rejection-sampling
+                          fine-tuning (STaR, RFT), the baseline CDM has to beat
+  random                  a seeded random order over every sample, correct or not: no filter at all
+  logprob                 the sample's mean token log-prob (one forward pass; no CDM needed)
+  entropy_collapse, attention_sparsification, basin_resistance   one CDM part alone
+Eligible: a non-empty answer, correct where references exist and select.require_correct is on
+(every selector but random), and no degenerate flag (repetition, unfinished, echo) unless
+select.exclude_degenerate is off. Duplicate answers to one prompt are kept once (the best-ranked).
+A selection smaller than select.min_kept refuses to train and says which setting would keep enough.
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 from .. import artifacts
 from ..checking import normalise
 from ..config import RunConfig, SelectConfig
 from ..errors import DepthtuneError
+
+SCORE = {"cdm": "cdm", "logprob": "mean_logprob", "entropy_collapse": "entropy_collapse",
+         "attention_sparsification": "attention_sparsification", "basin_resistance": "basin_resistance"}
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -22,56 +39,105 @@ def quantile(values: list[float], q: float) -> float:
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
+def needs_correct(cfg: SelectConfig) -> bool:
+    return cfg.selector == "correct" or (cfg.require_correct and cfg.selector != "random")
+
+
 def eligible(row: dict, cfg: SelectConfig) -> bool:
-    """Everything but the CDM line: a non-empty answer, correct where that is required and known."""
+    """Everything but the threshold: a non-empty answer, correct where required and known, not degenerate."""
     if not row["completion_ids"]:
         return False
-    return not (cfg.require_correct and row.get("correct") is False)
+    if cfg.exclude_degenerate and row.get("degenerate"):
+        return False
+    return not (needs_correct(cfg) and row.get("correct") is False)
+
+
+def rank(row: dict, cfg: SelectConfig) -> tuple:
+    """Sort key, best first: the selector's score, descending; a seeded hash for correct and random."""
+    if cfg.selector in SCORE:
+        value = row.get(SCORE[cfg.selector])
+        return (-(value if value is not None else float("-inf")), row["sample_id"])
+    return (zlib.crc32(f"{cfg.seed}:{row['sample_id']}".encode()), row["sample_id"])
+
+
+def passes(row: dict, cfg: SelectConfig) -> bool:
+    """The CDM line, for the cdm selector without a fixed count (unscored rows pass a line of 0 only)."""
+    if cfg.selector != "cdm" or cfg.keep is not None or cfg.threshold == 0:
+        return True
+    return row.get("cdm") is not None and row["cdm"] >= cfg.threshold
 
 
 def select(rows: list[dict], cfg: SelectConfig) -> tuple[list[dict], dict]:
-    """-> (kept rows, yield per prompt {prompt_id: [kept, total]})."""
-    by_prompt: dict[str, list[dict]] = {}
+    """-> (kept rows in their original order, yield per prompt {prompt_id: [kept, total]})."""
+    ordered = sorted((r for r in rows if eligible(r, cfg) and passes(r, cfg)), key=lambda r: rank(r, cfg))
+    seen, per_prompt, chosen = set(), {}, []
+    for r in ordered:
+        key = (r["prompt_id"], normalise(r["completion"]))
+        if cfg.dedup and key in seen:
+            continue
+        if cfg.max_per_prompt and per_prompt.get(r["prompt_id"], 0) >= cfg.max_per_prompt:
+            continue
+        seen.add(key)
+        per_prompt[r["prompt_id"]] = per_prompt.get(r["prompt_id"], 0) + 1
+        chosen.append(r)
+    if cfg.keep is not None:
+        chosen = chosen[:cfg.keep]
+    ids = {r["sample_id"] for r in chosen}
+    kept = [r for r in rows if r["sample_id"] in ids]
+    yields: dict[str, list[int]] = {}
     for r in rows:
-        by_prompt.setdefault(r["prompt_id"], []).append(r)
-    kept, yields = [], {}
-    for pid, group in by_prompt.items():
-        # unscored rows (cdm None: a sweep that needs no CDM line) pass a threshold of 0 only
-        good = sorted((r for r in group if eligible(r, cfg) and
-                       (cfg.threshold == 0 or r.get("cdm") is not None and r["cdm"] >= cfg.threshold)),
-                      key=lambda r: (-(r.get("cdm") or 0.0), r["sample_id"]))
-        seen, mine = set(), []
-        for r in good:
-            key = normalise(r["completion"])
-            if cfg.dedup and key in seen:
-                continue
-            seen.add(key)
-            mine.append(r)
-        mine = mine[:cfg.max_per_prompt] if cfg.max_per_prompt else mine
-        kept += mine
-        yields[pid] = [len(mine), len(group)]
+        y = yields.setdefault(r["prompt_id"], [0, 0])
+        y[0] += r["sample_id"] in ids
+        y[1] += 1
     return kept, yields
 
 
-def explain_empty(rows: list[dict], cfg: SelectConfig) -> str:
-    scores = [r["cdm"] for r in rows if eligible(r, cfg)]
-    pool = "correct samples" if cfg.require_correct and any(r.get("correct") is not None for r in rows) else "samples"
-    if not scores:
-        return (f"selection kept nothing: none of {len(rows)} samples is a non-empty {pool[:-1]}; "
-                f"try more samples (--k) or --set select.require_correct=false")
-    q = [round(quantile(scores, x), 1) for x in (0, 0.25, 0.5, 0.75, 0.9, 1)]
-    return (f"selection kept nothing: threshold {cfg.threshold:g} is above every one of {len(scores)} {pool} "
-            f"(CDM min {q[0]}, p25 {q[1]}, median {q[2]}, p75 {q[3]}, p90 {q[4]}, max {q[5]}); "
-            f"--threshold {q[4]} would keep about 10%")
+def explain_small(rows: list[dict], cfg: SelectConfig, kept: int) -> str:
+    """Why the selection is too small to train on, and a setting that would keep enough."""
+    need = max(1, cfg.min_kept)
+    pool = [r for r in rows if eligible(r, cfg)]
+    what = "correct, non-degenerate samples" if needs_correct(cfg) else "non-degenerate samples"
+    head = (f"selection kept {kept} of {len(rows)} samples" +
+            (f", fewer than select.min_kept = {cfg.min_kept}" if kept else "") + ": ")
+    dropped = [r for r in rows if r.get("degenerate")] if cfg.exclude_degenerate else []
+    kinds = {f: sum(f in r["degenerate"] for r in dropped) for f in ("repetition", "unfinished", "echo")}
+    tail = (f" ({len(dropped)} degenerate samples were left out: " + ", ".join(f"{n} {f}" for f, n in kinds.items()
+            if n) + ")") if dropped else ""
+    if not pool:
+        return (head + f"none is one of the {what}{tail}; try more samples (--k), a larger generate.max_new_tokens "
+                f"when answers are cut off, or --set select.require_correct=false")
+    fixes = []
+    if cfg.selector == "cdm" and cfg.keep is None:
+        scores = [r["cdm"] for r in pool if r.get("cdm") is not None]
+        q = [round(quantile(scores, x), 1) for x in (0, 0.25, 0.5, 0.75, 0.9, 1)]
+        head += (f"threshold {cfg.threshold:g} is above all but {kept} of {len(pool)} {what} (CDM min {q[0]}, "
+                 f"p25 {q[1]}, median {q[2]}, p75 {q[3]}, p90 {q[4]}, max {q[5]}){tail}; ")
+        line = sorted(scores, reverse=True)[min(need, len(scores)) - 1]
+        if need <= len(scores):
+            fixes.append(f"--threshold {int(line * 10) / 10:.1f} would keep about {need}")
+        fixes.append(f"--threshold {q[4]} would keep about 10%")
+        fixes.append(f"--keep {need} keeps the {need} deepest")
+    else:
+        head += f"only {len(pool)} {what}{tail}; "
+        fixes.append("more samples (--k) or more prompts")
+    fixes.append(f"--set select.min_kept=0 trains on {kept} anyway" if kept else "--selector correct keeps every "
+                 "correct sample")
+    return head + "; ".join(fixes)
 
 
 def run(run_dir: Path, cfg: RunConfig) -> dict:
     stage_dir = Path(run_dir) / "select"
-    rows = artifacts.read_jsonl(Path(run_dir) / "score" / "scored.jsonl")
+    path = Path(run_dir) / "score" / "scored.jsonl"
+    if not path.exists():
+        raise DepthtuneError(f"the score stage has not run in {run_dir}: run `depthtune score --run-dir {run_dir}` "
+                             f"(or `depthtune run`) first")
+    rows = artifacts.read_jsonl(path)
     kept, yields = select(rows, cfg.select)
-    if not kept:
-        raise DepthtuneError(explain_empty(rows, cfg.select))
+    if not kept or len(kept) < cfg.select.min_kept:
+        raise DepthtuneError(explain_small(rows, cfg.select, len(kept)))
     artifacts.write_jsonl(stage_dir / "selected.jsonl", kept)
     return artifacts.write_manifest(stage_dir, "select", cfg.to_dict(), total=len(rows), kept=len(kept),
-                                    threshold=cfg.select.threshold, prompts_with_kept=sum(1 for k, _ in yields.values() if k),
-                                    yield_per_prompt=yields)
+                                    selector=cfg.select.selector, threshold=cfg.select.threshold,
+                                    degenerate_left_out=sum(bool(r.get("degenerate")) for r in rows)
+                                    if cfg.select.exclude_degenerate else 0,
+                                    prompts_with_kept=sum(1 for k, _ in yields.values() if k), yield_per_prompt=yields)

@@ -1,12 +1,12 @@
 import pytest
 
 from depthtune.config import SelectConfig
-from depthtune.stages.select import explain_empty, quantile, select
+from depthtune.stages.select import explain_small, quantile, select
 
 
-def row(pid, j, cdm, correct=True, text=None):
+def row(pid, j, cdm, correct=True, text=None, **extra):
     return {"sample_id": f"{pid}#{j}", "prompt_id": pid, "cdm": cdm, "correct": correct,
-            "completion": text or f"answer {pid} {j}", "completion_ids": [1, 2]}
+            "completion": text or f"answer {pid} {j}", "completion_ids": [1, 2], **extra}
 
 
 def test_threshold_and_correctness():
@@ -42,7 +42,7 @@ def test_empty_completions_are_never_kept():
 
 def test_empty_selection_explains_distribution_and_a_threshold_keeping_ten_percent():
     rows = [row("p", i, float(i)) for i in range(11)]
-    msg = explain_empty(rows, SelectConfig(threshold=80))
+    msg = explain_small(rows, SelectConfig(threshold=80), 0)
     assert "max 10.0" in msg and "median 5.0" in msg
     assert "--threshold 9.0 would keep about 10%" in msg
     kept, _ = select(rows, SelectConfig(threshold=9.0))
@@ -52,3 +52,40 @@ def test_empty_selection_explains_distribution_and_a_threshold_keeping_ten_perce
 def test_quantile():
     assert quantile([1, 2, 3, 4], 0.5) == pytest.approx(2.5)
     assert quantile([5], 0.9) == 5
+
+
+def test_selectors_rank_by_their_own_score_and_keep_exactly_n():
+    rows = [row("a", 0, 90, mean_logprob=-2.0, basin_resistance=0.1), row("a", 1, 70, mean_logprob=-0.1,
+            basin_resistance=0.9), row("b", 0, 85, mean_logprob=-1.0, basin_resistance=0.5),
+            row("b", 1, 95, correct=False, mean_logprob=-0.01, basin_resistance=1.0)]
+    ids = lambda kept: [r["sample_id"] for r in kept]  # noqa: E731
+    assert ids(select(rows, SelectConfig(selector="cdm", keep=2))[0]) == ["a#0", "b#0"]
+    assert ids(select(rows, SelectConfig(selector="logprob", keep=2))[0]) == ["a#1", "b#0"]
+    assert ids(select(rows, SelectConfig(selector="basin_resistance", keep=1))[0]) == ["a#1"]
+    assert len(select(rows, SelectConfig(selector="correct"))[0]) == 3  # every correct sample, no CDM line
+    assert "b#1" not in ids(select(rows, SelectConfig(selector="correct", keep=3))[0])
+
+
+def test_random_ignores_correctness_and_is_seeded():
+    rows = [row("p", i, 50.0, correct=i % 2 == 0) for i in range(40)]
+    a = select(rows, SelectConfig(selector="random", keep=10, seed=0))[0]
+    b = select(rows, SelectConfig(selector="random", keep=10, seed=0))[0]
+    c = select(rows, SelectConfig(selector="random", keep=10, seed=1))[0]
+    assert a == b and a != c and len(a) == 10
+    assert any(r["correct"] is False for r in a)  # no correctness filter: the no-filter baseline
+
+
+def test_degenerate_samples_are_left_out_unless_asked():
+    rows = [row("a", 0, 99, degenerate=["repetition"]), row("a", 1, 85), row("b", 0, 95, degenerate=["unfinished"])]
+    assert [r["sample_id"] for r in select(rows, SelectConfig())[0]] == ["a#1"]
+    assert len(select(rows, SelectConfig(exclude_degenerate=False))[0]) == 3
+
+
+def test_a_selection_below_the_minimum_names_the_settings_that_would_keep_enough():
+    rows = [row("p", i, float(60 + i)) for i in range(30)]
+    kept, _ = select(rows, SelectConfig(threshold=88))
+    assert len(kept) == 2
+    msg = explain_small(rows, SelectConfig(threshold=88, min_kept=16), len(kept))
+    assert msg.startswith("selection kept 2 of 30 samples, fewer than select.min_kept = 16")
+    assert "--threshold 74.0 would keep about 16" in msg and "--keep 16" in msg
+    assert len(select(rows, SelectConfig(threshold=74.0))[0]) == 16
