@@ -1,7 +1,10 @@
 """Answer checking: one checker for selecting training samples and for evaluating models.
 
-numeric: the last number in the completion equals the reference as a number
-         (" 143" == "143" == "143.0" == "1,43" is not; thousands commas are removed).
+numeric: the completion's answer equals the reference as a number (" 143" == "143" == "143.0").
+         The answer is the first number after the last "answer is" / "answer:" / "result is" when the
+         completion says so ("The answer is 5, not 6." answers 5), else its last number. Commas count
+         only as thousands separators ("1,234" is 1234; "1,43" is the numbers 1 and 43), and a
+         Unicode minus sign is a minus.
 exact:   normalised completion equals the normalised reference.
 contains: the normalised reference appears in the normalised completion as whole words.
 Normalising lower-cases, drops punctuation and articles, and folds white space.
@@ -12,7 +15,8 @@ import re
 import string
 
 CHECKERS = ("numeric", "exact", "contains")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|-?\.\d+")
+_MARKER = re.compile(r"\b(?:answer|result)\b\s*(?:is|:|=|was)", re.IGNORECASE)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
@@ -25,8 +29,19 @@ def parse_number(text: str) -> float | None:
 
 
 def last_number(text: str) -> float | None:
-    found = _NUMBER.findall(text)
+    found = _NUMBER.findall(str(text).replace("\u2212", "-"))
     return parse_number(found[-1]) if found else None
+
+
+def answer_number(text: str) -> float | None:
+    """The number a completion gives as its answer: the first after its last answer marker, else its last."""
+    text = str(text).replace("\u2212", "-")
+    markers = list(_MARKER.finditer(text))
+    if markers:
+        found = _NUMBER.findall(text[markers[-1].end():])
+        if found:
+            return parse_number(found[0])
+    return last_number(text)
 
 
 def normalise(text: str) -> str:
@@ -44,7 +59,7 @@ def pick_checker(reference: str, requested: str = "auto") -> str:
 def is_correct(completion: str, reference: str, checker: str = "auto") -> bool:
     checker = pick_checker(reference, checker)
     if checker == "numeric":
-        ref, got = parse_number(reference), last_number(completion)
+        ref, got = parse_number(reference), answer_number(completion)
         return ref is not None and got is not None and abs(ref - got) <= 1e-6 * max(1.0, abs(ref))
     ref, got = normalise(reference), normalise(completion)
     if checker == "exact":

@@ -9,9 +9,16 @@ def test_numeric_answers_compare_as_numbers(completion):
     assert is_correct(completion, " 143.0 ", "auto")
 
 
-@pytest.mark.parametrize("completion", ["142", "143 apples minus 1 is 142", "", "no number"])
+@pytest.mark.parametrize("completion", ["142", "143 apples minus 1 is 142", "", "no number", "1,43",
+                                        "The answer is 142, not 143.", "Answer: 142. (143 was a guess)"])
 def test_numeric_wrong(completion):
     assert not is_correct(completion, "143", "numeric")
+
+
+@pytest.mark.parametrize("completion, ref", [("The answer is 5, not 6.", "5"), ("5 - 8 = \u22123", "-3"),
+                                             ("So the result is -12 degrees", "-12"), ("It has 1,234 legs", "1234")])
+def test_the_stated_answer_counts(completion, ref):
+    assert is_correct(completion, ref, "numeric")
 
 
 def test_last_number_handles_signs_commas_decimals():

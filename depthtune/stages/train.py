@@ -45,8 +45,13 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def wrap_lora(model, cfg: TrainConfig):
+    """The model with a fresh LoRA adapter, its initial weights drawn from cfg.seed: whatever the process
+    sampled before (generation, scoring), the same seed gives the same adapter, so a run killed before its
+    first checkpoint and started again trains exactly as the uninterrupted one."""
     from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
 
+    set_seed(cfg.seed)
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                       target_modules=cfg.target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
