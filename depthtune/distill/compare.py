@@ -131,7 +131,7 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
             kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache),
                           collate_fn=lambda b: kd_collate(b, tok.pad_token_id), kd=cfg.distill, teacher=teacher,
                           vocab=s_manifest["shared_vocab"])
-    model, seconds, loss = fit(student, tok, rows, train_cfg, stage, log=log, **kwargs)
+    model, seconds, loss = fit(student, tok, rows, train_cfg, stage, log=log, report_to=cfg.report_to, **kwargs)
     model = model if train_cfg.full else model.merge_and_unload()
     with artifacts.atomic_path(stage / "model") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -82,7 +82,7 @@ def train(cell_dir: Path, cp, rows: list[dict], folder: Path, mdl, log):
         check_matches(cache, rows)
         kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache),
                       collate_fn=lambda b: kd_collate(b, tok.pad_token_id), kd=cfg.distill, vocab=vocab)
-    model, seconds, loss = fit(model, tok, rows, tcfg, cell_dir / "train", log=log, **kwargs)
+    model, seconds, loss = fit(model, tok, rows, tcfg, cell_dir / "train", log=log, report_to=cfg.report_to, **kwargs)
     return model, tok, len(rows), seconds, loss
 
 

@@ -73,15 +73,16 @@ class _Elapsed:
 
 
 def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print, trainer_cls=None,
-        examples: list | None = None, collate_fn=None, sequential: bool = False, **trainer_kwargs):
+        examples: list | None = None, collate_fn=None, sequential: bool = False, report_to="none",
+        **trainer_kwargs):
     """Train `model` (already LoRA-wrapped or not) on rows; checkpoints in out_dir/checkpoints.
 
     trainer_cls / examples / collate_fn / trainer_kwargs let distillation swap the loss
     (depthtune.distill) while keeping this loop, its checkpoints and resume. sequential keeps
-    the rows' order in every epoch (a curriculum) instead of shuffling.
+    the rows' order in every epoch (a curriculum) instead of shuffling. report_to goes to the
+    Trainer as is (none, tensorboard, mlflow, trackio, wandb or a list).
     -> (model, seconds, final loss).
     """
-    from datasets import Dataset
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -94,7 +95,8 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
         output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, learning_rate=lr,
         lr_scheduler_type="linear", warmup_steps=0, logging_steps=1, save_strategy="steps",
-        save_steps=cfg.save_steps, save_total_limit=2, report_to="none", disable_tqdm=True, seed=cfg.seed,
+        save_steps=cfg.save_steps, save_total_limit=2, report_to=report_to, disable_tqdm=True,
+        seed=cfg.seed,
         use_cpu=device.type == "cpu", bf16=next(model.parameters()).dtype == torch.bfloat16,
         remove_unused_columns=False, dataloader_num_workers=0,
         train_sampling_strategy="sequential" if sequential else "random")
@@ -108,7 +110,7 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
             elapsed.save()
 
     if examples is None:
-        examples = Dataset.from_list([build_example(r, tok.eos_token_id) for r in rows])
+        examples = [build_example(r, tok.eos_token_id) for r in rows]  # a list is a map-style dataset
     trainer = (trainer_cls or Trainer)(model=model, args=args, train_dataset=examples,
                                        data_collator=collate_fn or (lambda b: collate(b, tok.pad_token_id)),
                                        callbacks=[Progress()], **trainer_kwargs)
@@ -132,7 +134,7 @@ def run(run_dir: Path, cfg: RunConfig, model, tok) -> tuple[dict, object]:
     model = model if cfg.train.full else wrap_lora(model, cfg.train)
     model.train()
     trainable = count_params(model, trainable_only=True)
-    model, seconds, loss = fit(model, tok, rows, cfg.train, stage_dir)
+    model, seconds, loss = fit(model, tok, rows, cfg.train, stage_dir, report_to=cfg.report_to)
     target = stage_dir / ("model" if cfg.train.full else "adapter")
     with artifacts.atomic_path(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
