@@ -82,7 +82,7 @@ def load_prompt_file(path: str, cfg: DataConfig) -> list[dict]:
 def load_prompts(cfg: DataConfig) -> tuple[list[dict], list[dict]]:
     """-> (train, held_out) prompt lists, capped by max_train_prompts / max_eval_prompts."""
     if cfg.path is None:
-        train, held = load_suites(cfg.suites)
+        train, held = load_suites(cfg.suites, cfg.suite_size)
     else:
         train = load_prompt_file(cfg.path, cfg)
         if cfg.eval_path:

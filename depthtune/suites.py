@@ -1,56 +1,42 @@
 """Built-in prompt suites with reference answers, split into train and held-out parts.
 
 Every item: id, prompt, answer, checker, suite, category (knowledge | reasoning), level (1-3).
-Arithmetic items come from a fixed-seed generator, so the suites are the same on every
-machine; every third item of each suite is held out, never trained on.
+
+    arithmetic     procedural: level 1 a +- b up to 30, level 2 two-digit +, - or x, level 3 three-digit
+                   +- two-digit; thousands of distinct prompts
+    word_problems  procedural, several templates: level 1 one step, level 2 two steps (groups of
+                   items, equal shares), level 3 three steps; thousands of distinct prompts
+    facts          244 questions with one-word or one-name answers (depthtune.facts)
+
+The generators are seeded, so a suite is the same on every machine, and a larger suite starts with
+the prompts of a smaller one (size n is a prefix of size 2n). Every third item is held out, never
+trained on; levels cycle so that each level lands in both parts.
 """
 from __future__ import annotations
 
 import random
 
-FACTS = [  # (question, answer, level)
-    ("What is the capital of France?", "Paris", 1), ("What is the capital of Italy?", "Rome", 1),
-    ("What is the capital of Spain?", "Madrid", 1), ("What is the capital of Germany?", "Berlin", 1),
-    ("What is the capital of Japan?", "Tokyo", 1), ("What is the capital of England?", "London", 1),
-    ("What is the capital of Russia?", "Moscow", 1), ("What is the capital of Egypt?", "Cairo", 2),
-    ("What is the capital of Canada?", "Ottawa", 2), ("What is the capital of Australia?", "Canberra", 3),
-    ("What is the capital of Portugal?", "Lisbon", 2), ("What is the capital of Greece?", "Athens", 2),
-    ("What is the capital of Norway?", "Oslo", 2), ("What is the capital of Sweden?", "Stockholm", 2),
-    ("What is the capital of Poland?", "Warsaw", 2), ("What is the capital of Austria?", "Vienna", 2),
-    ("What is the capital of Ireland?", "Dublin", 2), ("What is the capital of China?", "Beijing", 1),
-    ("What is the capital of India?", "Delhi", 2), ("What is the capital of Kenya?", "Nairobi", 3),
-    ("What is the capital of Argentina?", "Buenos Aires", 3), ("What is the capital of Peru?", "Lima", 3),
-    ("What is the capital of Turkey?", "Ankara", 3), ("What is the capital of Thailand?", "Bangkok", 2),
-    ("What is the largest planet in the solar system?", "Jupiter", 1),
-    ("Which planet is known as the Red Planet?", "Mars", 1),
-    ("Which planet is closest to the Sun?", "Mercury", 2),
-    ("What gas do plants absorb from the air for photosynthesis?", "carbon dioxide", 2),
-    ("What is the chemical symbol for gold?", "Au", 2), ("What is the chemical symbol for iron?", "Fe", 3),
-    ("What is the chemical symbol for sodium?", "Na", 3), ("What is the chemical symbol for oxygen?", "O", 1),
-    ("What is the freezing point of water in degrees Celsius?", "0", 1),
-    ("What is the boiling point of water in degrees Celsius?", "100", 1),
-    ("How many legs does a spider have?", "8", 1), ("How many continents are there on Earth?", "7", 1),
-    ("How many days are there in a leap year?", "366", 2), ("How many sides does a hexagon have?", "6", 1),
-    ("Who wrote the play Romeo and Juliet?", "Shakespeare", 1),
-    ("Who painted the Mona Lisa?", "Leonardo da Vinci", 2),
-    ("Who developed the theory of relativity?", "Einstein", 1),
-    ("What is the largest ocean on Earth?", "Pacific", 1), ("What is the longest river in Africa?", "Nile", 2),
-    ("What is the hardest natural substance?", "diamond", 2), ("What is the smallest prime number?", "2", 2),
-    ("In which country are the pyramids of Giza?", "Egypt", 1),
-    ("What language is mainly spoken in Brazil?", "Portuguese", 2),
-    ("What is the currency of Japan?", "yen", 2),
-]
+from .facts import all_facts
 
-NAMES = ["Tom", "Ana", "Ravi", "Mia", "Omar", "Lena", "Kofi", "Sara", "Ben", "Yuki"]
-ITEMS = [("apples", "bags"), ("pencils", "boxes"), ("stickers", "packs"), ("cookies", "jars"), ("marbles", "cups")]
+NAMES = ["Tom", "Ana", "Ravi", "Mia", "Omar", "Lena", "Kofi", "Sara", "Ben", "Yuki", "Ivan", "Zoe", "Amir",
+         "Nora", "Leo", "Priya"]
+ITEMS = [("apples", "bags"), ("pencils", "boxes"), ("stickers", "packs"), ("cookies", "jars"), ("marbles", "cups"),
+         ("cards", "decks"), ("eggs", "cartons"), ("books", "shelves"), ("coins", "purses"), ("shells", "buckets")]
 NUMERIC = " Answer with just the number."
 ONE_WORD = " Answer in a few words."
+DEFAULT_SIZE = 48
+MAX_SIZE = 3000  # distinct procedural prompts per suite that every level can supply
+SUITES = ("arithmetic", "word_problems", "facts")
+
+
+def _level(i: int) -> int:
+    return 1 + (i // 3) % 3  # 1,1,1,2,2,2,3,3,3,...: every level lands in both train and held-out
 
 
 def _arithmetic(rng: random.Random, i: int) -> dict:
-    level = 1 + (i // 3) % 3  # every level lands in both train and held-out
+    level = _level(i)
     if level == 1:
-        a, b = rng.randint(2, 20), rng.randint(2, 20)
+        a, b = rng.randint(2, 30), rng.randint(2, 30)
         op = rng.choice("+-") if a > b else "+"
     elif level == 2:
         a, b = rng.randint(10, 99), rng.randint(10, 99)
@@ -64,15 +50,22 @@ def _arithmetic(rng: random.Random, i: int) -> dict:
 
 def _word_problem(rng: random.Random, i: int) -> dict:
     name, (thing, box) = rng.choice(NAMES), rng.choice(ITEMS)
-    level = 1 + (i // 3) % 3
-    start, per = rng.randint(3, 20), rng.randint(2, 9)
-    boxes = rng.randint(2, 5)
-    if level == 1:
-        text = f"{name} has {start} {thing} and gets {per} more. How many {thing} does {name} have now?"
-        value = start + per
-    elif level == 2:
-        text = f"{name} has {start} {thing} and buys {boxes} {box} with {per} {thing} in each. How many {thing} does {name} have now?"
+    level, form = _level(i), rng.randint(0, 1)
+    start, per, boxes = rng.randint(3, 20), rng.randint(2, 9), rng.randint(2, 5)
+    if level == 1 and form == 0:
+        text, value = f"{name} has {start} {thing} and gets {per} more. How many {thing} does {name} have now?", start + per
+    elif level == 1:
+        text = f"{name} has {start + per} {thing} and gives {per} away. How many {thing} does {name} have left?"
+        value = start
+    elif level == 2 and form == 0:
+        text = (f"{name} has {start} {thing} and buys {boxes} {box} with {per} {thing} in each. "
+                f"How many {thing} does {name} have now?")
         value = start + boxes * per
+    elif level == 2:
+        friends = rng.randint(2, 5)
+        text = (f"{name} has {boxes} {box} with {per * friends} {thing} in each and shares all of them equally among "
+                f"{friends} friends. How many {thing} does each friend get?")
+        value = boxes * per
     else:
         given = rng.randint(1, start)
         text = (f"{name} has {start} {thing}, buys {boxes} {box} with {per} {thing} in each, "
@@ -81,32 +74,47 @@ def _word_problem(rng: random.Random, i: int) -> dict:
     return {"prompt": text + NUMERIC, "answer": str(value), "checker": "numeric", "level": level}
 
 
-def _build(suite: str) -> list[dict]:
+def _unique(rng: random.Random, make, size: int) -> list[dict]:
+    """`size` items with distinct prompts (a repeat would put one question in both train and held-out)."""
+    out, seen = [], set()
+    for i in range(size):
+        for _ in range(10_000):
+            item = make(rng, i)
+            if item["prompt"] not in seen:
+                break
+        else:
+            raise ValueError(f"cannot draw {size} distinct prompts at level {item['level']}")
+        seen.add(item["prompt"])
+        out.append(item)
+    return out
+
+
+def build(suite: str, size: int = DEFAULT_SIZE) -> list[dict]:
+    """The first `size` items of a suite (facts: at most all of them)."""
     rng = random.Random(f"depthtune-{suite}")
-    if suite == "arithmetic":
-        raw = [_arithmetic(rng, i) for i in range(48)]
-    elif suite == "word_problems":
-        raw = [_word_problem(rng, i) for i in range(48)]
+    if suite in ("arithmetic", "word_problems"):
+        raw = _unique(rng, {"arithmetic": _arithmetic, "word_problems": _word_problem}[suite], size)
     elif suite == "facts":
         raw = [{"prompt": q + ONE_WORD, "answer": a, "checker": "numeric" if a.isdigit() else "contains", "level": lv}
-               for q, a, lv in FACTS]
+               for q, a, lv in all_facts()[:size]]
     else:
         raise KeyError(suite)
     category = "knowledge" if suite == "facts" else "reasoning"
-    return [{"id": f"{suite}-{i:03d}", "suite": suite, "category": category, **r} for i, r in enumerate(raw)]
+    return [{"id": f"{suite}-{i:04d}", "suite": suite, "category": category, **r} for i, r in enumerate(raw)]
 
 
-SUITES = ("arithmetic", "word_problems", "facts")
-
-
-def load_suites(names: list[str]) -> tuple[list[dict], list[dict]]:
-    """-> (train, held_out): every third item of each suite is held out."""
+def load_suites(names: list[str], size: int = 0) -> tuple[list[dict], list[dict]]:
+    """-> (train, held_out): `size` items per suite (0 = the default 48), every third one held out."""
     from .errors import DepthtuneError
 
     train, held = [], []
     for name in names:
         if name not in SUITES:
             raise DepthtuneError(f"unknown suite '{name}'; built-in suites are {', '.join(SUITES)}")
-        for i, item in enumerate(_build(name)):
+        try:
+            items = build(name, size or DEFAULT_SIZE)
+        except ValueError as e:
+            raise DepthtuneError(f"data.suite_size {size}: the {name} suite {e}; use at most {MAX_SIZE}") from None
+        for i, item in enumerate(items):
             (held if i % 3 == 2 else train).append(item)
     return train, held

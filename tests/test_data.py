@@ -95,3 +95,15 @@ def test_caps_stay_balanced_over_suites():
     train, held = load_prompts(DataConfig(max_train_prompts=6, max_eval_prompts=3))
     assert [p["suite"] for p in train] == ["arithmetic", "word_problems", "facts"] * 2
     assert len({p["suite"] for p in held}) == 3
+
+
+def test_grown_suites_hold_distinct_prompts_and_keep_the_small_suite_as_their_prefix():
+    big_train, big_held = load_suites(list(SUITES), 1200)
+    small_train, small_held = load_suites(list(SUITES), 48)
+    prompts = [p["prompt"] for p in big_train + big_held]
+    assert len(prompts) == len(set(prompts))  # no question in both train and held-out
+    assert len([p for p in big_held if p["suite"] == "arithmetic"]) == 400
+    assert len([p for p in big_train + big_held if p["suite"] == "facts"]) == 244  # all there are
+    assert all(p in big_held for p in small_held)
+    with pytest.raises(DepthtuneError, match="suite_size 99999"):
+        load_suites(["arithmetic"], 99999)
