@@ -64,6 +64,9 @@ def run(run_dir: Path, cfg: RunConfig, sampler) -> dict:
     manifest = artifacts.write_manifest(stage_dir, "generate", cfg.to_dict(), prompts=len(items), samples=len(rows),
                                         completion_tokens=tokens, seconds=round(seconds, 2), topk=g.topk,
                                         topk_bytes=cache_bytes,
-                                        topk_bytes_per_token=round(cache_bytes / max(1, tokens), 1) if g.topk else None)
+                                        topk_bytes_per_token=round(cache_bytes / max(1, tokens), 1) if g.topk else None,
+                                        backend=getattr(sampler, "name", "local"),
+                                        served_model=getattr(sampler, "served_model", None),
+                                        unmapped_tokens=getattr(sampler, "unmapped", None))
     (stage_dir / "samples.partial.jsonl").unlink(missing_ok=True)
     return manifest

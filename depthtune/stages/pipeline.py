@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .. import artifacts, models
+from ..backends.llama_server import LlamaServer, choose_backend
 from ..backends.local import LocalSampler
 from ..config import RunConfig, dump_config
 from ..data import load_prompts
@@ -49,20 +50,22 @@ class Session:
         return models.load_model(name, self.cfg.model.dtype, self.cfg.model.device), models.load_tokenizer(name)
 
     def sampler(self):
-        """Where this command's answers come from (cfg.backend): the base model in this process, an
-        OpenAI-compatible server, or llama.cpp's server started on the model's GGUF (stopped by close())."""
-        b = self.cfg.backend
-        if b.kind == "local":
+        """Where this command's answers come from (cfg.backend, "auto" resolved by choose_backend): the
+        base model in this process, an OpenAI-compatible server, or llama.cpp's server started on the
+        model's GGUF (stopped by close())."""
+        b, m = self.cfg.backend, self.cfg.model
+        kind = choose_backend(b.kind, m.name, m.device)
+        if kind == "local":
             return LocalSampler(*self.base())
         if self._remote is None:
-            if b.kind == "llama-server":
-                from ..backends.llama_server import LlamaServer
-
-                self._server = LlamaServer(models.gguf_path(self.cfg.model.name), log=self.log)
+            if kind == "llama-server":
+                slot = 2048 + max(self.cfg.generate.max_new_tokens, self.cfg.evaluate.max_new_tokens)
+                self._server = LlamaServer(models.gguf_path(m.name), log=self.log, parallel=b.concurrency,
+                                           ctx=b.concurrency * slot)
                 b = dataclasses.replace(b, base_url=self._server.start())
             from ..backends.openai import OpenAISampler
 
-            self._remote = OpenAISampler(b, self.tokenizer(), log=self.log)
+            self._remote = OpenAISampler(dataclasses.replace(b, kind=kind), self.tokenizer(), log=self.log)
         return self._remote
 
     def close(self) -> None:
