@@ -229,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
             metrics = run_all(run_dir, cfg)
             print_table(metrics)
             print(f"\nreport: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
+        elif args.command == "ablate":
+            from .experiments.ablate import run_ablate
+
+            m = run_ablate(run_dir, cfg)
+            print("\n" + "\n".join(f"- {f}" for f in m["findings"]))
+            print(f"\nreport: {run_dir / 'ablate' / 'report.md'} and {run_dir / 'ablate' / 'report.html'}")
         elif args.command == "compare":
             from .distill.compare import run_compare
             from .distill.decide import render
