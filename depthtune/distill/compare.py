@@ -52,13 +52,13 @@ def student_config(cfg: RunConfig) -> RunConfig:
     return s
 
 
-def reference_rows(run_dir: Path, tok, system_prompt) -> list[dict]:
+def reference_rows(run_dir: Path, tok, system_prompt, template: str = "auto") -> list[dict]:
     """Training rows for the student alone: each training prompt with its reference answer."""
     rows = []
     for item in artifacts.read_jsonl(Path(run_dir) / "prompts" / "train.jsonl"):
         if item.get("answer") is None:
             continue
-        rows.append({"sample_id": f"{item['id']}#ref", "prompt_ids": prompt_ids(tok, item, system_prompt),
+        rows.append({"sample_id": f"{item['id']}#ref", "prompt_ids": prompt_ids(tok, item, system_prompt, template),
                      "completion_ids": tok(item["answer"], add_special_tokens=False)["input_ids"], "finished": True})
     if not rows:
         raise DepthtuneError("the prompts carry no reference answers, so there is no 'student alone' to compare with; "
@@ -113,11 +113,11 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
     train_cfg = dataclasses.replace(cfg.train, full=cfg.distill.method == "full", learning_rate=cfg.distill.learning_rate)
     student = student if train_cfg.full else wrap_lora(student, train_cfg)
     student.train()
-    kwargs = {}
+    kwargs, stats = {}, {}
     if name == "distilled":
         if s_manifest["shared_vocab"] is None:  # another vocabulary: the student reads the teacher's text
             rows = retokenize(rows, tok)
-        rows = curriculum_order(student_rows(rows, cfg.distill.targets, tok, cfg.data.system_prompt),
+        rows = curriculum_order(student_rows(rows, cfg.distill.targets, tok, cfg.data.system_prompt, cfg.data.template),
                                 cfg.distill.curriculum)
         if not rows:
             raise DepthtuneError(f"no teacher sample has an 'Answer:' line to build {cfg.distill.targets} targets "
@@ -125,13 +125,18 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
         kwargs["sequential"] = cfg.distill.curriculum != "none"
         if cfg.distill.alpha > 0:  # soft targets; with alpha = 0 it is plain cross-entropy on the teacher's text
             cache = None
-            if teacher is None:
+            if not cfg.distill.online:  # cached top-k for the teacher-written batches (on-policy ones go online)
                 cache = load_cache(run_dir / "generate" / "topk")
                 check_matches(cache, rows)
+            g = cfg.generate
+            sampling = dict(temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
+                            pad_id=tok.pad_token_id, stop_ids={tok.eos_token_id})
             kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache),
                           collate_fn=lambda b: kd_collate(b, tok.pad_token_id), kd=cfg.distill, teacher=teacher,
-                          vocab=s_manifest["shared_vocab"])
-    model, seconds, loss = fit(student, tok, rows, train_cfg, stage, log=log, report_to=cfg.report_to, **kwargs)
+                          sampling=sampling, counts=stats, vocab=s_manifest["shared_vocab"])
+    model, seconds, loss = fit(student, tok, rows, train_cfg, stage, log=log, report_to=cfg.report_to,
+                               run_name=f"{Path(run_dir).resolve().name}-{name}", log_dir=Path(run_dir) / "logs" / name,
+                               **kwargs)
     model = model if train_cfg.full else model.merge_and_unload()
     with artifacts.atomic_path(stage / "model") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -140,8 +145,10 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
     return artifacts.write_manifest(stage, name, cfg.to_dict(), examples=len(rows), train_seconds=round(seconds, 2),
                                     final_loss=round(float(loss), 5), method=cfg.distill.method,
                                     targets=cfg.distill.targets if name == "distilled" else "reference answers",
-                                    teacher=None if name != "distilled" else "online" if teacher is not None
-                                    else "cached top-k" if cfg.distill.alpha > 0 else "sequence-level only")
+                                    teacher=None if name != "distilled" else "online" if cfg.distill.online
+                                    else "cached top-k" if cfg.distill.alpha > 0 else "sequence-level only",
+                                    on_policy=cfg.distill.on_policy if name == "distilled" else None,
+                                    on_policy_batches=stats.get("on_policy_batches"), batches=stats.get("batches"))
 
 
 def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
@@ -162,12 +169,13 @@ def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
     once("select", artifacts.is_done(run_dir / "select"), lambda: select.run(run_dir, tcfg))
     once("evaluate-teacher", (run_dir / "evaluate" / "teacher.json").exists(),
          lambda: evaluate.evaluate_model(run_dir, tcfg, "teacher", *session.base(), log=log))
-    teacher = session.base()[0] if cfg.distill.online and scfg.distill.alpha > 0 else None
+    needs_teacher = scfg.distill.alpha > 0 and (cfg.distill.online or cfg.distill.on_policy > 0)
+    teacher = session.base()[0] if needs_teacher else None  # on-policy batches are scored by it, live
     if teacher is None:
         session._model = None  # the cached top-k rows stand in for the teacher from here on
     tok = models.load_tokenizer(str(run_dir / "student" / "model"))  # the student's own tokenizer
     once("alone", artifacts.is_done(run_dir / "alone"),
-         lambda: train_student(run_dir, scfg, "alone", reference_rows(run_dir, tok, cfg.data.system_prompt), log=log))
+         lambda: train_student(run_dir, scfg, "alone", reference_rows(run_dir, tok, cfg.data.system_prompt, cfg.data.template), log=log))
     once("distilled", artifacts.is_done(run_dir / "distilled"),
          lambda: train_student(run_dir, scfg, "distilled",
                                artifacts.read_jsonl(run_dir / "select" / "selected.jsonl"), teacher, log=log))

@@ -14,6 +14,7 @@ from ..config import DistillConfig
 from ..errors import DepthtuneError
 from ..stages.train import build_example, collate
 from .losses import IGNORE, chunked_kd_loss
+from .onpolicy import goes_on_policy, student_batch
 
 
 def split_head(model):
@@ -48,9 +49,33 @@ def kd_collate(examples: list[dict], pad_id: int) -> dict:
 class DistillTrainer(Trainer):
     """Trainer whose loss is the chunked distillation loss (see depthtune.distill.losses)."""
 
-    def __init__(self, *args, kd: DistillConfig, teacher=None, vocab: int, **kwargs):
+    def __init__(self, *args, kd: DistillConfig, teacher=None, vocab: int, sampling: dict | None = None,
+                 counts: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.kd, self.teacher, self.vocab = kd, teacher, vocab
+        self.sampling = sampling or {}  # on-policy batches: temperature, top_p, max_new_tokens, pad_id, stop_ids
+        self.counts = counts if counts is not None else {}  # batches and on_policy_batches, for the manifest
+        self.counts.update(batches=0, on_policy_batches=0)
+        if kd.on_policy > 0 and teacher is None:
+            raise DepthtuneError("on-policy distillation scores the student's own tokens with the teacher, which "
+                                 "must be in memory: it runs with the online teacher (compare --online)")
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The Trainer's micro-batches of one optimiser step, a share distill.on_policy of them replaced by
+        the student's own samples (depthtune.distill.onpolicy) before the target tokens are counted."""
+        batches, n_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.kd.on_policy <= 0:
+            return batches, n_items
+        for i, batch in enumerate(batches):
+            self.counts["batches"] += 1
+            if goes_on_policy(self.kd.on_policy, self.args.seed, self.state.global_step, i):
+                s = self.sampling
+                batches[i] = student_batch(self.model, batch, pad_id=s["pad_id"], stop_ids=s["stop_ids"],
+                                           temperature=s["temperature"], top_p=s["top_p"],
+                                           max_new_tokens=s["max_new_tokens"],
+                                           seed=self.args.seed * 1_000_003 + self.state.global_step * 97 + i)
+                self.counts["on_policy_batches"] += 1
+        return batches, self._get_num_items_in_batch(batches, device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"][:, 1:]  # hidden state t predicts token t + 1
@@ -61,10 +86,11 @@ class DistillTrainer(Trainer):
         # num_items_in_batch counts the target tokens of every micro-batch of this optimiser step (and of
         # every process): dividing the summed loss by it makes grad_accum = 2 at batch b the update of one
         # batch of 2b, as the Trainer's own causal-LM loss does for the student trained alone.
-        opts = dict(kind=self.kd.kind, tau=self.kd.temperature, alpha=self.kd.alpha, beta=self.kd.beta,
-                    chunk=self.kd.chunk, normalizer=num_items_in_batch)
+        on_policy = bool(inputs.get("on_policy"))  # the student's own tokens are no cross-entropy target
+        opts = dict(kind=self.kd.kind, tau=self.kd.temperature, alpha=1.0 if on_policy else self.kd.alpha,
+                    beta=self.kd.beta, chunk=self.kd.chunk, normalizer=num_items_in_batch)
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
-        if self.teacher is not None:
+        if self.teacher is not None and (on_policy or "top_ids" not in inputs):
             t_backbone, t_head = split_head(self.teacher)
             with torch.no_grad():
                 t_hidden = t_backbone(input_ids=inputs["input_ids"].to(self.teacher.device),

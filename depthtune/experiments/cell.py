@@ -65,7 +65,7 @@ def train(cell_dir: Path, cp, rows: list[dict], folder: Path, mdl, log):
     student, tok = mdl.student(cp.student, cp.base_model)
     if tok.get_vocab() != mdl.tokenizer(cp.base_model).get_vocab():  # another tokenizer: it reads the teacher's text
         rows = retokenize(rows, tok)
-    rows = curriculum_order(student_rows(rows, s["targets"], tok, cfg.data.system_prompt), cfg.distill.curriculum)
+    rows = curriculum_order(student_rows(rows, s["targets"], tok, cfg.data.system_prompt, cfg.data.template), cfg.distill.curriculum)
     if not rows:
         raise DepthtuneError(f"no teacher sample has an 'Answer:' line to build {s['targets']} targets from")
     full = s["method"] == "full"
@@ -82,6 +82,11 @@ def train(cell_dir: Path, cp, rows: list[dict], folder: Path, mdl, log):
         check_matches(cache, rows)
         kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache),
                       collate_fn=lambda b: kd_collate(b, tok.pad_token_id), kd=cfg.distill, vocab=vocab)
+        if cfg.distill.on_policy > 0:  # the teacher scores the student's own samples live (on its plain prompt)
+            g = cfg.generate
+            kwargs.update(teacher=t_model, sampling=dict(temperature=g.temperature, top_p=g.top_p,
+                                                         max_new_tokens=g.max_new_tokens, pad_id=tok.pad_token_id,
+                                                         stop_ids={tok.eos_token_id}))
     model, seconds, loss = fit(model, tok, rows, tcfg, cell_dir / "train", log=log, report_to=cfg.report_to, **kwargs)
     return model, tok, len(rows), seconds, loss
 

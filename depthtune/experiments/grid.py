@@ -280,6 +280,10 @@ def normalise(cell: Cell, sweep: Sweep, explicit: set[str]) -> Cell:
         validate(cfg)
     except DepthtuneError as e:
         bad(str(e))
+    if cfg.distill.on_policy > 0 and (method == "prompt" or len(s["teachers"]) > 1 or s["targets"] not in
+                                      ("answers", "cot") or cfg.distill.alpha == 0):
+        bad("on-policy distillation (distill.on_policy > 0) needs one teacher scoring the student's own tokens with "
+            "soft targets: methods full or lora, one teacher, targets answers or cot, distill.alpha > 0")
     return cell
 
 
