@@ -4,16 +4,16 @@ Writes <sweep>/sweep.json (every cell's numbers), sweep_report.md, sweep_report.
 same tables with the plots embedded) and plots/*.png.
 
 Findings compare cells that differ in one axis only (same everything else, same seed), so
-a difference is the axis' effect on matched cells, not a mix of settings. A difference counts
-as clear only when it is larger than two questions of the battery and than twice its own
-standard error over the matched pairs; otherwise it is called noise.
+a difference is the axis' effect on matched cells, not a mix of settings. Its 95% interval is a
+paired bootstrap over the battery's prompts (each prompt's difference averaged over the matched
+pairs); a difference counts as clear only when that interval excludes zero, otherwise it is noise.
 """
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
 
-from .. import artifacts, htmlpage
+from .. import artifacts, htmlpage, stats
 from ..stages.report import machine
 from .battery import CATEGORIES, battery_of, transfer
 from .matched import cell_accuracy, label, rest_key
@@ -47,6 +47,8 @@ def collect(folder: Path, plan) -> dict:
         if (d / "result.json").exists():
             r = artifacts.read_json(d / "result.json")
             r["size_n"], r["group"] = len(cp.prompts), cp.cell.group
+            r["answers"] = {a["prompt_id"]: (float(a["correct"]), a.get("category"))
+                            for a in artifacts.read_jsonl(d / "evaluate" / "battery.jsonl") if a.get("correct") is not None}
             done.append(r)
         elif (d / "error.json").exists():
             failed.append({"group": cp.cell.group, "seed": cp.cell.settings["seed"], **artifacts.read_json(d / "error.json")})
@@ -105,9 +107,32 @@ def _blocks(done: list[dict], axis: str, cat: str | None = None) -> dict:
     return blocks
 
 
+def _blocks_of_cells(done: list[dict], axis: str) -> list[dict]:
+    """Matched cells: {value label: cell} per group of cells equal in every setting but `axis`."""
+    blocks: dict[str, dict] = {}
+    for r in done:
+        blocks.setdefault(rest_key(r, axis), {})[label(r["settings"], axis)] = r
+    return [b for b in blocks.values() if len(b) > 1]
+
+
+def paired_interval(done: list[dict], axis: str, best: str, second: str, cat: str | None) -> dict:
+    """best - second in accuracy, per held-out prompt averaged over the matched pairs, with a paired
+    bootstrap 95% interval over prompts (the prompts, not the few cell pairs, are the many units)."""
+    per: dict[str, list[float]] = {}
+    for b in _blocks_of_cells(done, axis):
+        if best in b and second in b:
+            x, y = b[best]["answers"], b[second]["answers"]
+            for pid, (v, c) in x.items():
+                if pid in y and (cat is None or c == cat):
+                    per.setdefault(pid, []).append(v - y[pid][0])
+    diffs = [sum(v) / len(v) for v in per.values()]
+    return stats.paired_delta([0.0] * len(diffs), diffs)
+
+
 def compare_axis(done: list[dict], axis: str, n_eval: int, cat: str | None = None) -> dict | None:
-    """Winner of one axis over matched cells, its margin over the runner-up, and whether it is clear
-    (n_eval: the questions behind the accuracy, which sets what one question is worth)."""
+    """Winner of one axis over matched cells, its margin over the runner-up with a 95% interval over the
+    battery's prompts, and whether it is clear: the interval excludes zero (n_eval: the questions behind
+    the accuracy, which sets what one question is worth)."""
     blocks = [b for b in _blocks(done, axis, cat).values() if len(b) > 1]
     values = sorted({v for b in blocks for v in b})
     if len(values) < 2:
@@ -118,9 +143,11 @@ def compare_axis(done: list[dict], axis: str, n_eval: int, cat: str | None = Non
     diffs = [b[best] - b[second] for b in blocks if best in b and second in b]
     margin = statistics.fmean(diffs) if diffs else means[best] - means[second]
     se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
-    clear = abs(margin) > 2 * 100 / n_eval and (se is None or abs(margin) > 2 * se) and len(diffs) > 1
+    ci = paired_interval(done, axis, best, second, cat)["ci95"] if all("answers" in r for r in done) else None
+    ci = [round(100 * x, 2) for x in ci] if ci else None
+    clear = ci[0] > 0 if ci else abs(margin) > 2 * 100 / n_eval and se is not None and abs(margin) > 2 * se
     return {"axis": axis, "best": best, "runner_up": second, "margin": round(margin, 2),
-            "se": None if se is None else round(se, 2), "pairs": len(diffs), "clear": clear,
+            "se": None if se is None else round(se, 2), "ci95": ci, "pairs": len(diffs), "clear": clear,
             "means": {v: round(m, 2) for v, m in means.items()}}
 
 
@@ -135,6 +162,10 @@ def means_of(c: dict) -> str:
     return " Means: " + ", ".join(f"{v} {m:.1f}" for v, m in sorted(c["means"].items(), key=lambda x: -x[1])) + "."
 
 
+def interval_text(c: dict) -> str:
+    return f" (95% interval {c['ci95'][0]:+.1f} to {c['ci95'][1]:+.1f})" if c.get("ci95") else ""
+
+
 def by_category(done: list[dict], axis: str) -> str:
     """' By category: knowledge X (+m, noise); reasoning Y (+m, clear).' for one axis."""
     parts = []
@@ -142,8 +173,8 @@ def by_category(done: list[dict], axis: str) -> str:
         n = max((r["battery"]["category"].get(cat, {}).get("n", 0) for r in done), default=0)
         c = compare_axis(done, axis, n, cat) if n else None
         if c is not None:
-            parts.append(f"{cat}: {c['best']} ahead by {c['margin']:.1f} ({'clear' if c['clear'] else 'noise'}; "
-                         f"one question = {100 / n:.1f})")
+            parts.append(f"{cat}: {c['best']} ahead by {c['margin']:.1f}{interval_text(c)} "
+                         f"({'clear' if c['clear'] else 'noise'}; one question = {100 / n:.1f})")
     return f" By category: {'; '.join(parts)}." if parts else ""
 
 
@@ -162,7 +193,7 @@ def findings(done: list[dict], n_eval: int) -> list[str]:
                        f"matched cell pair(s).{by_category(done, axis)}")
             continue
         out.append(f"**{question}**: {c['best']} won, {c['margin']:+.1f} points of held-out accuracy over "
-                   f"{c['runner_up']} on {c['pairs']} matched cell pair(s){spread}: {verdict} "
+                   f"{c['runner_up']} on {c['pairs']} matched cell pair(s){spread}{interval_text(c)}: {verdict} "
                    f"(one question = {100 / n_eval:.1f} points).{means_of(c)}{by_category(done, axis)}")
     pairs = [(r["transfer"].get("knowledge"), r["transfer"].get("reasoning")) for r in done]
     pairs = [(k, r) for k, r in pairs if k is not None and r is not None]

@@ -74,3 +74,22 @@ def test_plots_use_matched_cells_only(tmp_path):
     plots = draw_all(done, tmp_path)
     assert set(plots) == {"accuracy_vs_size.png", "transfer_by_method.png", "cost_vs_accuracy.png"}
     assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in plots)
+
+
+def with_answers(c: dict, right: int, n: int = 120) -> dict:
+    """A cell whose battery answered the first `right` of n reasoning prompts correctly."""
+    c["answers"] = {f"p{i}": (float(i < right), "reasoning") for i in range(n)}
+    c["battery"]["all"]["accuracy"] = right / n
+    return c
+
+
+def test_intervals_over_prompts_decide_clear_or_noise():
+    clear = [with_answers(cell("lora", 8, s, 0), 60) for s in (0, 1)] + \
+            [with_answers(cell("full", 8, s, 0), 30) for s in (0, 1)]
+    c = compare_axis(clear, "method", n_eval=120)
+    assert c["clear"] and c["ci95"][0] > 0 and c["margin"] == 25.0
+    assert any("95% interval" in f and "a clear difference" in f for f in findings(clear, 120))
+    close = [with_answers(cell("lora", 8, s, 0), 32) for s in (0, 1)] + \
+            [with_answers(cell("full", 8, s, 0), 30) for s in (0, 1)]
+    c = compare_axis(close, "method", n_eval=120)
+    assert not c["clear"] and c["ci95"][0] < 0 < c["ci95"][1]
