@@ -164,6 +164,8 @@ def run_stage(name: str, run_dir: Path, cfg: RunConfig, redo: bool) -> None:
                   f"redo them too (`depthtune <stage> --redo`)")
     if name != "report" and artifacts.is_done(stage_dir):
         print(f"[{name}] already finished in {run_dir}; pass --redo to run it again")
+        if name == "evaluate" and cfg.evaluate.lm_eval:  # the benchmarks can still be added
+            _run_one("lm-eval", run_dir, cfg)
         return
     try:
         _run_one(name, run_dir, cfg)
@@ -188,7 +190,8 @@ def _run_one(name: str, run_dir: Path, cfg: RunConfig) -> None:
 
 
 def _stage(name: str, run_dir: Path, cfg: RunConfig, session) -> None:
-    from .stages import evaluate, generate, merge, pipeline, report, score, select, train
+    from . import tracking
+    from .stages import benchmark, evaluate, generate, merge, pipeline, report, score, select, train
 
     if name == "generate":
         generate.run(run_dir, cfg, session.sampler())
@@ -206,8 +209,18 @@ def _stage(name: str, run_dir: Path, cfg: RunConfig, session) -> None:
         session._model = None
         evaluate.evaluate_model(run_dir, cfg, "tuned", *pipeline.tuned_model(run_dir, session))
         evaluate.finish(run_dir, cfg)
+        if cfg.evaluate.lm_eval:
+            session._model = None
+            _stage("lm-eval", run_dir, cfg, session)
+    elif name == "lm-eval":
+        print("\n".join(benchmark.render(benchmark.summary_of(benchmark.run(run_dir, cfg)))))
+        if (run_dir / "metrics.json").exists():  # a report made before: bring it up to date
+            report.run(run_dir)
+            print(f"report updated: {run_dir / 'report.md'}")
     elif name == "report":
-        print_table(report.run(run_dir))
+        metrics = report.run(run_dir)
+        print_table(metrics)
+        pipeline.track(cfg, run_dir, tracking.run_summary(metrics))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,7 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return sweep_command(args)
         cfg = resolve_config(args)
+        from . import tracking
         from .models import resolve
+        from .stages.benchmark import require
+
+        tracking.require(cfg.report_to)  # a missing package or task file fails before any model loads
+        if args.command in ("run", "evaluate"):
+            require(cfg)
 
         resolve(cfg.model.name)  # a missing model path fails here, before anything is written
         run_dir = Path(args.run_dir)
@@ -242,8 +261,12 @@ def main(argv: list[str] | None = None) -> int:
             resolve(cfg.distill.teacher)
             if cfg.distill.student:
                 resolve(cfg.distill.student)
-            print("\n" + render(run_compare(run_dir, cfg)))
+            m = run_compare(run_dir, cfg)
+            print("\n" + render(m))
             print(f"report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
+            from .stages.pipeline import track
+
+            track(cfg, run_dir, tracking.compare_summary(m))
         else:
             run_stage(args.command, run_dir, cfg, args.redo)
         return 0

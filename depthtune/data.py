@@ -31,6 +31,8 @@ def _read_rows(path: str) -> list[dict]:
             ds = ds["train"] if "train" in ds else ds[next(iter(ds.keys()))]
         return ds.to_list()
     suffix = p.suffix.lower()
+    if suffix in (".jsonl", ".json", ".csv"):
+        _check_utf8(p)  # pyarrow would read bad bytes of a CSV as binary values, the JSON reader fail deep inside
     if suffix in (".jsonl", ".json"):
         return read_jsonl(p)
     try:
@@ -47,6 +49,30 @@ def _read_rows(path: str) -> list[dict]:
     raise DepthtuneError(f"{p}: unknown data format '{suffix}'; use .jsonl, .csv, .parquet or a saved dataset folder")
 
 
+def _check_utf8(p: Path) -> None:
+    """A file in another encoding (latin-1, UTF-16) is refused with where the first bad byte is and the fix."""
+    data = p.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DepthtuneError(f"{p} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); convert it, e.g. "
+                             f"`iconv -f latin1 -t utf-8 {p} > {p.with_suffix('.utf8' + p.suffix).name}`") from None
+
+
+def _blank(item: dict) -> bool:
+    """No prompt to answer: an empty or null prompt, or chat rows whose last message has no text."""
+    if "messages" in item:
+        content = item["messages"][-1].get("content") if item["messages"] else None
+        return not isinstance(content, str) or not content.strip()
+    return not item["prompt"].strip()
+
+
+def _rows_named(numbers: list[int], most: int = 5) -> str:
+    shown = ", ".join(map(str, numbers[:most]))
+    return f"row {shown}" if len(numbers) == 1 else f"rows {shown}" + (", ..." if len(numbers) > most else "")
+
+
 def _to_prompt(row: dict, i: int, cfg: DataConfig, source: str) -> dict:
     if "messages" in row and cfg.prompt_field not in row:
         msgs = row["messages"]
@@ -55,13 +81,14 @@ def _to_prompt(row: dict, i: int, cfg: DataConfig, source: str) -> dict:
         answer = None
         if msgs[-1]["role"] == "assistant":
             answer, msgs = msgs[-1]["content"], msgs[:-1]
-        item = {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]}
+        item = {"messages": [{"role": m["role"], "content": m.get("content")} for m in msgs]}
     else:
         if cfg.prompt_field not in row:
             raise DepthtuneError(f"{source}: row {i + 1} has no column '{cfg.prompt_field}' (columns: "
                                  f"{', '.join(map(str, row))}); name the prompt column with --prompt-field")
         answer = row.get(cfg.answer_field) if cfg.answer_field else None
-        item = {"prompt": str(row[cfg.prompt_field])}
+        value = row[cfg.prompt_field]
+        item = {"prompt": "" if value is None else str(value)}  # None must not become the prompt "None"
     answer = None if answer is None or str(answer).strip() == "" else str(answer).strip()
     checker = pick_checker(answer, cfg.checker) if answer is not None else None
     return {"id": str(row.get("id", f"row-{i:05d}")), **item, "answer": answer, "checker": checker,
@@ -73,6 +100,10 @@ def load_prompt_file(path: str, cfg: DataConfig) -> list[dict]:
     if not rows:
         raise DepthtuneError(f"{path} holds no prompts; give a file with at least one row")
     prompts = [_to_prompt(r, i, cfg, path) for i, r in enumerate(rows)]
+    blank = [i + 1 for i, p in enumerate(prompts) if _blank(p)]
+    if blank:
+        raise DepthtuneError(f"{path}: {len(blank)} of {len(rows)} rows have an empty or null prompt "
+                             f"({_rows_named(blank)}); fill them in or remove them")
     if cfg.answer_field and cfg.answer_field != "answer" and all(p["answer"] is None for p in prompts):
         raise DepthtuneError(f"{path}: no row has the answer column '{cfg.answer_field}' "
                              f"(columns: {', '.join(map(str, rows[0]))})")

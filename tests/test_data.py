@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -107,3 +108,25 @@ def test_grown_suites_hold_distinct_prompts_and_keep_the_small_suite_as_their_pr
     assert all(p in big_held for p in small_held)
     with pytest.raises(DepthtuneError, match="suite_size 99999"):
         load_suites(["arithmetic"], 99999)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_file_that_is_not_utf8_names_the_line_and_the_fix(tmp_path, suffix):
+    path = tmp_path / f"latin1{suffix}"
+    text = '{"prompt": "2+2?"}\n{"prompt": "café?"}\n' if suffix == ".jsonl" else "prompt\n2+2?\ncafé?\n"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(DepthtuneError, match=r"is not UTF-8 text \(byte 0xe9 on line [23]\); convert it, e.g. `iconv"):
+        load_prompts(DataConfig(path=str(path), answer_field=None))
+
+
+@pytest.mark.parametrize("rows, named", [
+    ([{"prompt": "2+2?"}, {"prompt": ""}, {"prompt": None}, {"prompt": "  \n"}], "3 of 4 rows have an empty or null "
+                                                                                 "prompt (rows 2, 3, 4)"),
+    ([{"prompt": "2+2?"}, {"messages": [{"role": "user", "content": None}]}], "1 of 2 rows have an empty or null "
+                                                                              "prompt (row 2)"),
+    ([{"prompt": "2+2?"}, {"messages": [{"role": "assistant", "content": "4"}]}], "(row 2)"),
+])
+def test_empty_or_null_prompts_are_refused_before_anything_runs(tmp_path, rows, named):
+    path = write_jsonl(tmp_path / "blank.jsonl", rows)
+    with pytest.raises(DepthtuneError, match=re.escape(named) + "; fill them in or remove them"):
+        load_prompts(DataConfig(path=str(path)))

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from ..prompting import prompt_ids
+from ..prompting import prompt_ids, resolve_template
 from . import completion_row, left_pad
 
 
@@ -70,8 +70,9 @@ class LocalSampler:
 
     name = "local"
 
-    def __init__(self, model, tok):
+    def __init__(self, model, tok, template: str = "auto"):
         self.model, self.tok = model, tok
+        self.template = resolve_template(tok, template)  # chat or raw; the generate manifest records it
 
     @property
     def vocab_size(self) -> int:
@@ -83,7 +84,7 @@ class LocalSampler:
         """k completions per item -> (rows, wall seconds, per-row (ids [n, topk], logp [n, topk]) when topk > 0)."""
         model, tok = self.model, self.tok
         device = next(model.parameters()).device
-        prompts = [prompt_ids(tok, it, system_prompt) for it in items]
+        prompts = [prompt_ids(tok, it, system_prompt, self.template) for it in items]
         input_ids, mask = left_pad(prompts, tok.pad_token_id, device)
         recorder = StepRecorder(topk)
         processors = [recorder]

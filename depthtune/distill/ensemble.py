@@ -41,14 +41,14 @@ def target_logprobs(model, rows: list[dict], prompts: list[list[int]], pad_id: i
     return out
 
 
-def average_topk(teachers: list[tuple], rows: list[dict], k: int, batch_size: int = 8):
+def average_topk(teachers: list[tuple], rows: list[dict], k: int, batch_size: int = 8, template: str = "auto"):
     """teachers: [(model, tok, system_prompt)]; -> per row (ids [n, k] int32, logp [n, k] fp16)."""
     out = []
     for b in range(0, len(rows), batch_size):
         batch = rows[b:b + batch_size]
         total = None
         for model, tok, system in teachers:
-            prompts = [prompt_ids(tok, r, system) for r in batch]
+            prompts = [prompt_ids(tok, r, system, template) for r in batch]
             lps = target_logprobs(model, batch, prompts, tok.pad_token_id)
             probs = [lp.exp() for lp in lps]
             total = probs if total is None else [a + p for a, p in zip(total, probs)]
@@ -58,7 +58,7 @@ def average_topk(teachers: list[tuple], rows: list[dict], k: int, batch_size: in
 
 
 def build(folder: Path, teachers: list[tuple], rows: list[dict], k: int, vocab_size: int,
-          shard_rows: int = 64, log=print) -> int:
+          shard_rows: int = 64, log=print, template: str = "auto") -> int:
     """Write the averaged rows of `rows` as new shards after those already in folder (each shard
     atomic, so an interrupted build keeps what it finished). -> the number of samples cached."""
     folder = Path(folder)
@@ -66,6 +66,6 @@ def build(folder: Path, teachers: list[tuple], rows: list[dict], k: int, vocab_s
     for s, start in enumerate(range(0, len(rows), shard_rows)):
         part = rows[start:start + shard_rows]
         write_shard(folder / f"chunk-{first + s:05d}.safetensors", [r["sample_id"] for r in part],
-                    average_topk(teachers, part, k), vocab_size)
+                    average_topk(teachers, part, k, template=template), vocab_size)
         log(f"  top-k rows: {min(start + shard_rows, len(rows))}/{len(rows)} samples, {len(teachers)} teacher(s)")
     return len(rows)

@@ -40,12 +40,13 @@ def retokenize(rows: list[dict], tok) -> list[dict]:
     return [{**r, "completion_ids": tok(r["completion"], add_special_tokens=False)["input_ids"]} for r in rows]
 
 
-def student_rows(samples: list[dict], mode: str, tok, system_prompt: str | None) -> list[dict]:
+def student_rows(samples: list[dict], mode: str, tok, system_prompt: str | None,
+                 template: str = "auto") -> list[dict]:
     """Teacher samples -> student training rows (prompt_ids, completion_ids, finished, ...)."""
     rows = []
     for s in samples:
         if mode in ("answers", "cot"):
-            rows.append({**s, "prompt_ids": prompt_ids(tok, s, system_prompt)})
+            rows.append({**s, "prompt_ids": prompt_ids(tok, s, system_prompt, template)})
             continue
         parts = split_answer(s["completion"])
         if parts is None:
@@ -53,12 +54,12 @@ def student_rows(samples: list[dict], mode: str, tok, system_prompt: str | None)
         rationale, answer = parts
         enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         if mode == "answer_only":
-            rows.append({**s, "prompt_ids": prompt_ids(tok, s, system_prompt), "completion_ids": enc(answer),
+            rows.append({**s, "prompt_ids": prompt_ids(tok, s, system_prompt, template), "completion_ids": enc(answer),
                          "finished": True})
         else:
             for prefix, target, tag in ((RATIONALE, rationale, "r"), (ANSWER, answer, "a")):
                 if target:
                     rows.append({**s, "sample_id": f"{s['sample_id']}:{tag}", "finished": True,
-                                 "prompt_ids": prompt_ids(tok, with_prefix(s, prefix), system_prompt),
+                                 "prompt_ids": prompt_ids(tok, with_prefix(s, prefix), system_prompt, template),
                                  "completion_ids": enc(target)})
     return rows

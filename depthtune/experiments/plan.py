@@ -41,12 +41,14 @@ class Job:
     eval_tokens: int
     prompts: set = field(default_factory=set)
     needs_cdm: bool = False
+    template: str = "auto"  # data.template: how prompts become ids
 
     @property
     def key(self) -> str:
-        """What changes the samples; not top-k, which is cached alongside (or backfilled) when a cell needs it."""
+        """What changes the samples; not top-k, which is cached alongside (or backfilled) when a cell needs it.
+        The template joins the digest only when it is not auto, so sweeps made before it keep their keys."""
         return f"{self.name}-{self.mode}-" + digest([self.model, self.system_prompt, self.mode, self.gen,
-                                                      self.eval_tokens])
+                                                      self.eval_tokens] + [self.template] * (self.template != "auto"))
 
 
 @dataclass
@@ -129,7 +131,7 @@ def make_plan(sweep: Sweep) -> Plan:
                 system = f"{system}\n\n{COT_SYSTEM}" if system else COT_SYSTEM
             g = cfg.generate
             job = Job(name=f"{name}+context" if s["method"] == "prompt" else name, model=t.model,
-                      system_prompt=system, mode=mode,
+                      system_prompt=system, mode=mode, template=cfg.data.template,
                       gen={"k": cfg.distill.k, "temperature": g.temperature, "top_p": g.top_p,
                            "max_new_tokens": _tokens(cfg, mode), "seed": g.seed, "batch_size": g.batch_size},
                       topk=0, eval_tokens=cfg.evaluate.max_new_tokens if mode == "answers" else cfg.distill.cot_max_new_tokens)

@@ -90,7 +90,8 @@ def run_job(folder: Path, job: Job, plan: Plan, mdl: Models, log) -> list[dict]:
         model, tok = mdl.get(job.model)
         g = job.gen
         log(f"[teacher {job.key}] sampling {len(missing)} prompts x {g['k']}")
-        new, _ = generate.sample_all(LocalSampler(model, tok), missing, rnd / "samples.partial.jsonl", k=g["k"],
+        sampler = LocalSampler(model, tok, job.template)
+        new, _ = generate.sample_all(sampler, missing, rnd / "samples.partial.jsonl", k=g["k"],
                                      temperature=g["temperature"], top_p=g["top_p"], max_new_tokens=g["max_new_tokens"],
                                      batch_size=g["batch_size"], seed=g["seed"], system_prompt=job.system_prompt,
                                      topk=job.topk, progress=log)
@@ -125,7 +126,7 @@ def backfill_topk(folder: Path, job: Job, rows: list[dict], mdl: Models, log) ->
         model, tok = mdl.get(job.model)
         log(f"[teacher {job.key}] top-{job.topk} rows for {len(missing)} earlier samples")
         ensemble.build(folder / "topk-backfill", [(model, tok, job.system_prompt)], missing, job.topk,
-                       model.get_output_embeddings().weight.shape[0], log=log)
+                       model.get_output_embeddings().weight.shape[0], log=log, template=job.template)
 
 
 def run_ensemble(folder: Path, spec: dict, plan: Plan, samples: dict[str, list[dict]], mdl: Models, log) -> None:
@@ -147,7 +148,8 @@ def run_ensemble(folder: Path, spec: dict, plan: Plan, samples: dict[str, list[d
                              "teachers' tokenizers differ: use sequence-level distillation (distill.alpha: 0)")
     log(f"[ensemble {folder.name}] averaging {len(teachers)} teachers over {len(rows)} samples")
     vocab = teachers[0][0].get_output_embeddings().weight.shape[0]
-    ensemble.build(folder / "topk", teachers, rows, spec["topk"], vocab, log=log)
+    ensemble.build(folder / "topk", teachers, rows, spec["topk"], vocab, log=log,
+                   template=plan.jobs[spec["jobs"][0]].template)  # one sweep, one template
     artifacts.write_manifest(folder, "ensemble", {}, jobs=spec["jobs"], samples=len(have) + len(rows),
                              topk=spec["topk"])
 

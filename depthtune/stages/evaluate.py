@@ -113,12 +113,16 @@ def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=pr
         items = [with_prefix(it, prefix) for it in items]
     e = cfg.evaluate
     log(f"evaluate[{which}]: {len(items)} held-out prompts")
+    caps = "--max-eval-prompts N or --set evaluate.max_new_tokens=N"
     with PeakMemory(model) as mem:
-        rows, secs = sample_all(sampler or LocalSampler(model, tok), items, stage_dir / f"{which}.samples.partial.jsonl", k=1,
+        rows, secs = sample_all(sampler or LocalSampler(model, tok, cfg.data.template), items,
+                                stage_dir / f"{which}.samples.partial.jsonl", k=1,
                                 temperature=e.temperature, top_p=cfg.generate.top_p, max_new_tokens=e.max_new_tokens,
-                                batch_size=e.batch_size, seed=e.seed, system_prompt=cfg.data.system_prompt, progress=log)
+                                batch_size=e.batch_size, seed=e.seed, system_prompt=cfg.data.system_prompt, progress=log,
+                                desc=f"evaluate[{which}] answers", hint=caps)
     if cdm and model is not None:
-        scored = score_rows(model, tok, rows, cfg.score, stage_dir / f"{which}.scored.partial.jsonl", progress=log)
+        scored = score_rows(model, tok, rows, cfg.score, stage_dir / f"{which}.scored.partial.jsonl", progress=log,
+                            desc=f"evaluate[{which}] CDM", hint="--max-eval-prompts N")
     else:
         scored = [{**r, "cdm": None, "correct": judge(r)} for r in rows]
     artifacts.write_jsonl(stage_dir / f"{which}.jsonl", scored)

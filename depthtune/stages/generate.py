@@ -14,17 +14,21 @@ from typing import Callable
 
 from .. import artifacts
 from ..config import RunConfig
+from ..progress import Progress
 from ..teacher_cache import write_shard
 
 
 def sample_all(sampler, items: list[dict], partial: Path, *, k: int, temperature: float, top_p: float,
                max_new_tokens: int, batch_size: int, seed: int, system_prompt: str | None = None,
-               topk: int = 0, progress: Callable[[str], None] = print) -> tuple[list[dict], float]:
+               topk: int = 0, progress: Callable[[str], None] = print, desc: str = "generate",
+               hint: str | None = None) -> tuple[list[dict], float]:
     """Sample every item in seeded chunks, appending each finished chunk to `partial`.
 
     With topk > 0 each chunk's teacher top-k rows go to <partial's folder>/topk/chunk-NNNNN.safetensors,
     written before the chunk's rows are appended, so a resumed chunk rewrites its own shard.
-    -> (all rows in prompt order, generation seconds of all of them, resumed chunks included).
+    Progress (a bar on a terminal, else `progress` lines) counts prompts; `hint` names the caps that
+    shorten a long stage. -> (all rows in prompt order, generation seconds of all of them, resumed chunks
+    included).
     """
     per_chunk = max(1, batch_size // k)
     rows = artifacts.repair_partial(partial)
@@ -32,6 +36,7 @@ def sample_all(sampler, items: list[dict], partial: Path, *, k: int, temperature
     if rows:
         progress(f"  resuming: {len(rows)} samples of {len(done)} prompts already generated")
     chunks = [items[i:i + per_chunk] for i in range(0, len(items), per_chunk)]
+    bar = Progress(len(items), desc, unit="prompt", log=progress, initial=len(done), hint=hint)
     for c, chunk in enumerate(chunks):
         if all(it["id"] in done for it in chunk):
             continue
@@ -44,7 +49,8 @@ def sample_all(sampler, items: list[dict], partial: Path, *, k: int, temperature
         artifacts.append_jsonl(partial, new)
         rows += new
         ntok = sum(len(r["completion_ids"]) for r in new)
-        progress(f"  chunk {c + 1}/{len(chunks)}: {len(new)} samples, {ntok} tokens, {ntok / max(secs, 1e-9):.0f} tok/s")
+        bar.update(sum(it["id"] not in done for it in chunk), tok_s=round(ntok / max(secs, 1e-9)))
+    bar.close()
     order = {it["id"]: i for i, it in enumerate(items)}
     rows.sort(key=lambda r: (order[r["prompt_id"]], r["sample_id"]))
     return rows, sum(r["gen_seconds"] for r in rows)
@@ -57,7 +63,8 @@ def run(run_dir: Path, cfg: RunConfig, sampler) -> dict:
     g = cfg.generate
     rows, seconds = sample_all(sampler, items, stage_dir / "samples.partial.jsonl", k=g.k,
                                temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
-                               batch_size=g.batch_size, seed=g.seed, system_prompt=cfg.data.system_prompt, topk=g.topk)
+                               batch_size=g.batch_size, seed=g.seed, system_prompt=cfg.data.system_prompt, topk=g.topk,
+                               hint="--max-train-prompts N, --k N or --set generate.max_new_tokens=N")
     artifacts.write_jsonl(stage_dir / "samples.jsonl", rows)
     tokens = sum(len(r["completion_ids"]) for r in rows)
     cache_bytes = sum(p.stat().st_size for p in (stage_dir / "topk").glob("*.safetensors")) if g.topk else 0
@@ -67,6 +74,7 @@ def run(run_dir: Path, cfg: RunConfig, sampler) -> dict:
                                         topk_bytes_per_token=round(cache_bytes / max(1, tokens), 1) if g.topk else None,
                                         backend=getattr(sampler, "name", "local"),
                                         served_model=getattr(sampler, "served_model", None),
-                                        unmapped_tokens=getattr(sampler, "unmapped", None))
+                                        unmapped_tokens=getattr(sampler, "unmapped", None),
+                                        template=getattr(sampler, "template", None))
     (stage_dir / "samples.partial.jsonl").unlink(missing_ok=True)
     return manifest

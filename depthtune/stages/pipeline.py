@@ -1,6 +1,7 @@
 """`depthtune run`: the stages in order over one run directory, each skipped when finished.
 
-prepare -> generate -> score -> evaluate[base] -> select -> train -> merge -> evaluate[tuned] -> report
+prepare -> generate -> score -> evaluate[base] -> select -> train -> merge -> evaluate[tuned]
+        -> lm-eval (with --lm-eval) -> report, whose summary goes to the --report-to trackers
 
 The base model is loaded once and reused by generate, score and the base evaluation;
 training then wraps it, and the merged model is evaluated without a reload.
@@ -11,12 +12,12 @@ import dataclasses
 import time
 from pathlib import Path
 
-from .. import artifacts, models
+from .. import artifacts, models, tracking
 from ..backends.llama_server import LlamaServer, choose_backend
 from ..backends.local import LocalSampler
 from ..config import RunConfig, dump_config
 from ..data import load_prompts
-from . import evaluate, generate, merge, report, score, select, train
+from . import benchmark, evaluate, generate, merge, report, score, select, train
 
 
 class Session:
@@ -56,7 +57,7 @@ class Session:
         b, m = self.cfg.backend, self.cfg.model
         kind = choose_backend(b.kind, m.name, m.device)
         if kind == "local":
-            return LocalSampler(*self.base())
+            return LocalSampler(*self.base(), template=self.cfg.data.template)
         if self._remote is None:
             if kind == "llama-server":
                 slot = 2048 + max(self.cfg.generate.max_new_tokens, self.cfg.evaluate.max_new_tokens)
@@ -136,7 +137,7 @@ def _run_all(run_dir: Path, cfg: RunConfig, session: Session, log) -> dict:
         base, tok = session.take_base()  # training changes it in place
         return train.run(run_dir, cfg, base, tok)[1], tok
 
-    stage("prepare", False, lambda: prepare(run_dir, cfg))
+    log(plan_line(cfg, stage("prepare", False, lambda: prepare(run_dir, cfg))))
     stage("generate", artifacts.is_done(run_dir / "generate"), lambda: generate.run(run_dir, cfg, session.sampler()))
     stage("score", artifacts.is_done(run_dir / "score"), lambda: score.run(run_dir, cfg, *session.base()))
     stage("evaluate-base", (run_dir / "evaluate" / "base.json").exists(),
@@ -150,6 +151,26 @@ def _run_all(run_dir: Path, cfg: RunConfig, session: Session, log) -> dict:
         pair = (tuned.eval(), session.tokenizer()) if tuned is not None else tuned_model(run_dir, session)
         stage("evaluate-tuned", False, lambda: evaluate.evaluate_model(run_dir, cfg, "tuned", *pair, log=log))
     evaluate.finish(run_dir, cfg)
+    if cfg.evaluate.lm_eval:
+        trained = merged = tuned = pair = session._model = None  # lm-eval loads each model from its directory
+        stage("lm-eval", False, lambda: benchmark.run(run_dir, cfg, log))
     metrics = stage("report", False, lambda: report.run(run_dir))
     artifacts.write_json(run_dir / "timings.json", timings)
+    track(cfg, run_dir, tracking.run_summary(metrics), log)
     return metrics
+
+
+def plan_line(cfg: RunConfig, prompts: dict) -> str:
+    """The run's size and the options that change it, logged first: a big file should not surprise."""
+    g, e = cfg.generate, cfg.evaluate
+    return (f"plan: {prompts['train']} training prompts x {g.k} samples of up to {g.max_new_tokens} tokens, "
+            f"{prompts['eval']} held-out prompts answered by base and tuned in up to {e.max_new_tokens} tokens; "
+            f"shorten with --max-train-prompts N, --max-eval-prompts N, --k N, --set generate.max_new_tokens=N, "
+            f"--set evaluate.max_new_tokens=N")
+
+
+def track(cfg: RunConfig, run_dir: Path, metrics: dict, log=print) -> None:
+    """Summary metrics to the trackers of --report-to (nothing without one)."""
+    where = tracking.log_summary(cfg.report_to, run_dir, metrics)
+    if where:
+        log(f"summary metrics logged to {'; '.join(where)}")

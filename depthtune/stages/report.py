@@ -1,6 +1,7 @@
 """Stage 7, report: metrics.json, report.md, report.html and the plots, from the run's own files.
 
-Reads  the manifests of generate, score, select, train and evaluate; score/scored.jsonl;
+Reads  the manifests of generate, score, select, train, evaluate (and benchmark, after --lm-eval);
+       score/scored.jsonl;
        evaluate/{base,tuned}.jsonl
 Writes <run>/metrics.json, report.md, report.html (plots inlined), cdm.png, suites.png
 
@@ -17,6 +18,7 @@ import torch
 
 from .. import artifacts, htmlpage, stats
 from ..cdm import PARTS
+from . import benchmark
 
 ROWS = [("mean_cdm", "Mean CDM", "{:.1f}"), ("deep_rate", "Deep rate (CDM >= {line:g})", "{:.0%}"),
         ("accuracy", "Accuracy", "{:.0%}"), ("mean_completion_tokens", "Mean answer tokens", "{:.1f}"),
@@ -106,6 +108,12 @@ def token_limit(rows: list[dict], limit: int) -> dict:
     return {"hit": hit, "total": len(rows), "share": round(hit / max(1, len(rows)), 4), "max_new_tokens": limit}
 
 
+def template_used(cfg: dict, gen: dict) -> str:
+    """'chat', 'raw', or 'chat (auto)' when auto chose it (the generate manifest records what ran)."""
+    asked, used = cfg["data"].get("template", "auto"), gen.get("template")
+    return asked if not used or used == asked else f"{used} ({asked})"
+
+
 def by_suite(rows: list[dict]) -> dict:
     out: dict[str, list] = {}
     for r in rows:
@@ -130,7 +138,7 @@ def collect(run_dir: Path) -> dict:
     cfg = ev["config"]
     return {
         "model": tr["base_model"] or "embedded SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)",
-        "machine": machine(), "backend": gen.get("backend", "local"), "template": cfg["data"].get("template", "auto"),
+        "machine": machine(), "backend": gen.get("backend", "local"), "template": template_used(cfg, gen),
         "before": ev["base"], "after": ev["tuned"],
         "deltas": deltas(base_rows, tuned_rows, deep_line),
         "selection": {"total": sel["total"], "kept": sel["kept"], "threshold": sel["threshold"],
@@ -146,6 +154,7 @@ def collect(run_dir: Path) -> dict:
                         "tuned": token_limit(tuned_rows, cfg["evaluate"]["max_new_tokens"])},
         "deep_line": deep_line, "paired": paired(base_rows, tuned_rows),
         "accuracy_by_suite": {"before": by_suite(base_rows), "after": by_suite(tuned_rows)},
+        "lm_eval": benchmark.summary(run_dir),  # None unless --lm-eval ran
     }
 
 
@@ -259,6 +268,7 @@ def render(m: dict) -> str:
         f"Held-out prompts: {b['samples']} (never trained on), greedy answers. Changes are paired over these prompts; "
         f"the interval is a bootstrap over prompts.", "",
         *table, "", "## What changed", "", *verdicts(m), "", *suite_table(m),
+        *(benchmark.render(m["lm_eval"]) if m.get("lm_eval") else []),
         "![CDM before and after](cdm.png)", "", "![Accuracy by suite](suites.png)", "",
     ])
 

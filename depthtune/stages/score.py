@@ -30,6 +30,7 @@ from ..checking import is_correct
 from ..config import RunConfig, ScoreConfig
 from ..degenerate import FLAGS, flags
 from ..errors import DepthtuneError
+from ..progress import Progress
 
 HEAD_CHUNK = 256  # positions per LM-head chunk
 
@@ -211,21 +212,30 @@ def batches(rows: list[dict], size: int) -> list[list[dict]]:
     return out + ([cur] if cur else [])
 
 
+def cost(batch: list[dict]) -> int:
+    """Tokens a batch runs through the model: each prompt once (its cache is shared), every completion.
+    Batches go shortest first, so progress counted in samples would promise too early an end."""
+    prompts = {tuple(r["prompt_ids"]) for r in batch}
+    return sum(map(len, prompts)) + sum(len(r["completion_ids"]) for r in batch)
+
+
 def score_rows(model, tok, rows: list[dict], cfg: ScoreConfig, partial: Path | None = None,
-               progress=print) -> list[dict]:
-    """Score rows batch by batch; resumable through `partial` (each finished batch appended)."""
+               progress=print, desc: str = "score", hint: str | None = None) -> list[dict]:
+    """Score rows batch by batch; resumable through `partial` (each finished batch appended). Progress
+    (a bar on a terminal, else `progress` lines) counts tokens; `hint` names the caps of a long stage."""
     done = {r["sample_id"]: r for r in (artifacts.repair_partial(partial) if partial else [])}
     if done:
         progress(f"  resuming: {len(done)} samples already scored")
     todo = batches([r for r in rows if r["sample_id"] not in done], cfg.batch_size)
-    for i, batch in enumerate(todo):
+    bar = Progress(sum(map(cost, todo)), desc, unit="token", log=progress, hint=hint)
+    for batch in todo:
         scores = score_batch(model, batch, tok.pad_token_id, cfg.noise, cfg.seed, cfg.weights)
         new = [{**r, **s, "correct": judge(r), "degenerate": flags(r)} for r, s in zip(batch, scores)]
         if partial:
             artifacts.append_jsonl(partial, new)
         done.update((n["sample_id"], n) for n in new)
-        if i % 5 == 4:
-            progress(f"  scored {len(done)}/{len(rows)}")
+        bar.update(cost(batch), samples=f"{len(done)}/{len(rows)}")
+    bar.close()
     return [done[r["sample_id"]] for r in rows]
 
 
@@ -239,7 +249,8 @@ def run(run_dir: Path, cfg: RunConfig, model, tok) -> dict:
     stage_dir = Path(run_dir) / "score"
     stage_dir.mkdir(parents=True, exist_ok=True)
     rows = artifacts.read_jsonl(Path(run_dir) / "generate" / "samples.jsonl")
-    scored = score_rows(model, tok, rows, cfg.score, stage_dir / "scored.partial.jsonl")
+    scored = score_rows(model, tok, rows, cfg.score, stage_dir / "scored.partial.jsonl",
+                        hint="--max-train-prompts N or --k N")
     artifacts.write_jsonl(stage_dir / "scored.jsonl", scored)
     judged = [r["correct"] for r in scored if r["correct"] is not None]
     manifest = artifacts.write_manifest(

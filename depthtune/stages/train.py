@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .. import artifacts
+from .. import artifacts, tracking
 from ..config import RunConfig, TrainConfig
 from ..models import count_params
+from ..progress import Progress
 
 IGNORE = -100
 
@@ -74,13 +75,14 @@ class _Elapsed:
 
 def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print, trainer_cls=None,
         examples: list | None = None, collate_fn=None, sequential: bool = False, report_to="none",
-        **trainer_kwargs):
+        run_name: str | None = None, log_dir: Path | None = None, **trainer_kwargs):
     """Train `model` (already LoRA-wrapped or not) on rows; checkpoints in out_dir/checkpoints.
 
     trainer_cls / examples / collate_fn / trainer_kwargs let distillation swap the loss
     (depthtune.distill) while keeping this loop, its checkpoints and resume. sequential keeps
     the rows' order in every epoch (a curriculum) instead of shuffling. report_to goes to the
-    Trainer as is (none, tensorboard, mlflow, trackio, wandb or a list).
+    Trainer as is (none, tensorboard, mlflow, trackio, wandb or a list), with run_name; TensorBoard
+    event files go to log_dir (default out_dir/logs), which outlives the checkpoints.
     -> (model, seconds, final loss).
     """
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
@@ -95,16 +97,28 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
         output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, learning_rate=lr,
         lr_scheduler_type="linear", warmup_steps=0, logging_steps=1, save_strategy="steps",
-        save_steps=cfg.save_steps, save_total_limit=2, report_to=report_to, disable_tqdm=True,
-        seed=cfg.seed,
+        save_steps=cfg.save_steps, save_total_limit=2, disable_tqdm=True,  # Steps shows progress
+        seed=cfg.seed, **tracking.trainer_args(report_to, run_name),
         use_cpu=device.type == "cpu", bf16=next(model.parameters()).dtype == torch.bfloat16,
         remove_unused_columns=False, dataloader_num_workers=0,
         train_sampling_strategy="sequential" if sequential else "random")
 
-    class Progress(TrainerCallback):
+    class Steps(TrainerCallback):
+        """Optimiser steps as a Progress (a bar on a terminal, lines elsewhere), loss beside them."""
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                self.bar = Progress(state.max_steps, "train", unit="step", log=log, initial=state.global_step,
+                                    hint="--max-train-prompts N or --epochs N")
+
         def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                log(f"  step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}")
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.update(state.global_step - self.bar.n, loss=f"{logs['loss']:.4f}")
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
 
         def on_save(self, args, state, control, **kw):
             elapsed.save()
@@ -113,8 +127,9 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
         examples = [build_example(r, tok.eos_token_id) for r in rows]  # a list is a map-style dataset
     trainer = (trainer_cls or Trainer)(model=model, args=args, train_dataset=examples,
                                        data_collator=collate_fn or (lambda b: collate(b, tok.pad_token_id)),
-                                       callbacks=[Progress()], **trainer_kwargs)
-    trainer.remove_callback(PrinterCallback)  # Progress prints the one line we want
+                                       callbacks=[Steps()], **trainer_kwargs)
+    trainer.remove_callback(PrinterCallback)  # Steps shows the progress we want
+    tracking.redirect_tensorboard(trainer, report_to, log_dir or out_dir / "logs")
     last = get_last_checkpoint(str(ckpt_dir))
     if last:
         log(f"  resuming from {Path(last).name}")
@@ -134,7 +149,8 @@ def run(run_dir: Path, cfg: RunConfig, model, tok) -> tuple[dict, object]:
     model = model if cfg.train.full else wrap_lora(model, cfg.train)
     model.train()
     trainable = count_params(model, trainable_only=True)
-    model, seconds, loss = fit(model, tok, rows, cfg.train, stage_dir, report_to=cfg.report_to)
+    model, seconds, loss = fit(model, tok, rows, cfg.train, stage_dir, report_to=cfg.report_to,
+                               run_name=Path(run_dir).resolve().name, log_dir=Path(run_dir) / "logs" / "train")
     target = stage_dir / ("model" if cfg.train.full else "adapter")
     with artifacts.atomic_path(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -1,0 +1,54 @@
+"""Rough edges a new user hit, each through the CLI in a real process: one line naming the problem and
+what to do, exit 2, no traceback, and no model loaded when the input alone shows the problem."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def depthtune(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "depthtune", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+
+
+def assert_one_line(proc: subprocess.CompletedProcess, expected: str) -> None:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("depthtune: error: ") and expected in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "loading" not in proc.stdout  # Session.base() logs "loading ..."
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("latin1.jsonl", '{"prompt": "What is 2+2?"}\n{"prompt": "Caf\u00e9?"}\n'.encode("latin-1"),
+     "is not UTF-8 text (byte 0xe9 on line 2); convert it, e.g. `iconv -f latin1 -t utf-8"),
+    ("blank.jsonl", "".join(json.dumps({"prompt": p}) + "\n" for p in ("2+2?", "", None)).encode(),
+     "2 of 3 rows have an empty or null prompt (rows 2, 3); fill them in or remove them"),
+])
+def test_bad_data_files(tmp_path, name, content, expected):
+    data = tmp_path / name
+    data.write_bytes(content)
+    proc = depthtune("run", "--run-dir", str(tmp_path / "run"), "--data", str(data))
+    assert_one_line(proc, expected)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_setting_of_the_wrong_type(tmp_path):
+    proc = depthtune("run", "--run-dir", str(tmp_path / "run"), "--set", "train.rank=abc")
+    assert_one_line(proc, "config key 'train.rank' wants an integer, got 'abc'")
+
+
+def test_select_before_score_names_the_stage_to_run(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = depthtune("select", "--run-dir", str(run_dir))
+    assert_one_line(proc, f"the score stage has not run in {run_dir}: run `depthtune score --run-dir {run_dir}`")
+
+
+def test_a_tracker_that_is_not_installed_names_the_pip_install(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    proc = depthtune("run", "--run-dir", str(tmp_path / "run"), "--report-to", "wandb")
+    assert_one_line(proc, "--report-to wandb needs the wandb package: pip install wandb")
+    assert not (tmp_path / "run").exists()
