@@ -241,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
             require(cfg)
 
         resolve(cfg.model.name)  # a missing model path fails here, before anything is written
+        if cfg.data.template == "chat":  # a model without a chat template is refused from its tokenizer alone
+            from .models import load_tokenizer
+            from .prompting import resolve_template
+
+            resolve_template(load_tokenizer(cfg.distill.teacher if args.command == "compare" else cfg.model.name),
+                             "chat")
         run_dir = Path(args.run_dir)
         if args.command == "run":
             from .stages.pipeline import run_all

@@ -52,3 +52,16 @@ def test_a_tracker_that_is_not_installed_names_the_pip_install(tmp_path):
     proc = depthtune("run", "--run-dir", str(tmp_path / "run"), "--report-to", "wandb")
     assert_one_line(proc, "--report-to wandb needs the wandb package: pip install wandb")
     assert not (tmp_path / "run").exists()
+
+
+def test_template_chat_on_a_model_without_one_is_refused_from_its_tokenizer(tiny_model_dir, tmp_path):
+    import shutil
+
+    plain = shutil.copytree(tiny_model_dir, tmp_path / "plain")
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(config))
+    proc = depthtune("run", "--run-dir", str(tmp_path / "run"), "--model", str(plain), "--template", "chat")
+    assert_one_line(proc, "--template chat: this model's tokenizer has no chat template; use --template raw")
+    assert not (tmp_path / "run").exists()
