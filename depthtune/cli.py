@@ -20,6 +20,8 @@ from .config import RunConfig, load_config
 from .errors import DepthtuneError
 
 STAGES = ("generate", "score", "select", "train", "merge", "evaluate", "report")
+NEEDS = {"score": "generate", "select": "score", "train": "select", "merge": "train", "evaluate": "merge",
+         "report": "evaluate"}  # the stage whose output each stage reads
 FLAGS = {  # CLI flag -> config key
     "model": "model.name", "data": "data.path", "eval_data": "data.eval_path",
     "prompt_field": "data.prompt_field", "answer_field": "data.answer_field", "checker": "data.checker",
@@ -116,7 +118,10 @@ def sweep_command(args) -> int:
         for cp in plan.cells:
             print(f"  cell {cp.cell.group}, seed={cp.cell.settings['seed']}: {len(cp.prompts)} prompts")
         return 0
+    preflight(sweep.base, "sweep")
     m = run_sweep(sweep, folder, sweep_text=Path(args.file).read_text())
+    if m is None:  # another process of accelerate launch: the main one reports
+        return 0
     print("\n" + "\n".join(f"- {f}" for f in m["findings"]).replace("**", ""))
     print(f"\n{len(m['done'])} of {m['cells']} cells done, {len(m['failed'])} failed; "
           f"report: {folder / 'sweep_report.md'} and {folder / 'sweep_report.html'}")
@@ -153,15 +158,19 @@ def print_table(metrics: dict) -> None:
 def run_stage(name: str, run_dir: Path, cfg: RunConfig, redo: bool) -> None:
     import shutil
 
+    from . import distributed
+
     stage_dir = run_dir / name
     backup = run_dir / f".{name}.before-redo"
-    if redo and stage_dir.exists():
+    main = distributed.is_main()  # under accelerate launch only the main process moves folders
+    if redo and stage_dir.exists() and main:
         shutil.rmtree(backup, ignore_errors=True)
         stage_dir.rename(backup)  # put back if the redo fails: a failed redo loses nothing
         later = [s for s in STAGES[STAGES.index(name) + 1:] if artifacts.is_done(run_dir / s)]
         if later:
             print(f"[{name}] note: {', '.join(later)} were made from the old {name} output; "
                   f"redo them too (`depthtune <stage> --redo`)")
+    distributed.barrier()  # every process sees the same stage folder before deciding
     if name != "report" and artifacts.is_done(stage_dir):
         print(f"[{name}] already finished in {run_dir}; pass --redo to run it again")
         if name == "evaluate" and cfg.evaluate.lm_eval:  # the benchmarks can still be added
@@ -170,27 +179,39 @@ def run_stage(name: str, run_dir: Path, cfg: RunConfig, redo: bool) -> None:
     try:
         _run_one(name, run_dir, cfg)
     except BaseException:
-        if backup.exists():
+        if backup.exists() and main:
             shutil.rmtree(stage_dir, ignore_errors=True)
             backup.rename(stage_dir)
         raise
-    shutil.rmtree(backup, ignore_errors=True)
+    if main:
+        shutil.rmtree(backup, ignore_errors=True)
     print(f"[{name}] done -> {stage_dir if name != 'report' else run_dir / 'report.md'}")
 
 
+MAIN_ONLY = ("select", "merge", "lm-eval", "report")
+
+
 def _run_one(name: str, run_dir: Path, cfg: RunConfig) -> None:
+    from . import distributed
     from .stages import pipeline
 
+    needs = NEEDS.get(name)
+    if needs and not artifacts.is_done(run_dir / needs):  # before anything is written or loaded
+        raise DepthtuneError(f"the {needs} stage has not run in {run_dir}: run `depthtune {needs} --run-dir "
+                             f"{run_dir}` (or `depthtune run`) first")
     pipeline.prepare(run_dir, cfg)
     session = pipeline.Session(cfg)
     try:
-        _stage(name, run_dir, cfg, session)
+        if name in MAIN_ONLY:  # under accelerate launch the main process runs these, the others wait
+            distributed.on_main(lambda: _stage(name, run_dir, cfg, session))
+        else:
+            _stage(name, run_dir, cfg, session)
     finally:
         session.close()
 
 
 def _stage(name: str, run_dir: Path, cfg: RunConfig, session) -> None:
-    from . import tracking
+    from . import distributed, tracking
     from .stages import benchmark, evaluate, generate, merge, pipeline, report, score, select, train
 
     if name == "generate":
@@ -208,10 +229,10 @@ def _stage(name: str, run_dir: Path, cfg: RunConfig, session) -> None:
         evaluate.evaluate_model(run_dir, cfg, "base", *session.base(), sampler=pipeline.served(session))
         session._model = None
         evaluate.evaluate_model(run_dir, cfg, "tuned", *pipeline.tuned_model(run_dir, session))
-        evaluate.finish(run_dir, cfg)
+        distributed.on_main(lambda: evaluate.finish(run_dir, cfg))
         if cfg.evaluate.lm_eval:
             session._model = None
-            _stage("lm-eval", run_dir, cfg, session)
+            distributed.on_main(lambda: _stage("lm-eval", run_dir, cfg, session))
     elif name == "lm-eval":
         print("\n".join(benchmark.render(benchmark.summary_of(benchmark.run(run_dir, cfg)))))
         if (run_dir / "metrics.json").exists():  # a report made before: bring it up to date
@@ -221,6 +242,19 @@ def _stage(name: str, run_dir: Path, cfg: RunConfig, session) -> None:
         metrics = report.run(run_dir)
         print_table(metrics)
         pipeline.track(cfg, run_dir, tracking.run_summary(metrics))
+
+
+def preflight(cfg: RunConfig, command: str) -> None:
+    """Quantisation and placement refused in one line before any model loads; under accelerate launch,
+    the process group is made here (see depthtune.distributed) before any stage waits on it."""
+    from . import distributed
+    from .backends.llama_server import choose_backend
+    from .models import require_bitsandbytes
+
+    require_bitsandbytes(cfg.model.quantize)
+    name = cfg.distill.teacher if command in ("compare", "sweep") else cfg.model.name
+    distributed.check_placement(command, cfg.model.device_map, choose_backend(cfg.backend.kind, name, cfg.model.device))
+    distributed.barrier()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,13 +281,15 @@ def main(argv: list[str] | None = None) -> int:
 
             resolve_template(load_tokenizer(cfg.distill.teacher if args.command == "compare" else cfg.model.name),
                              "chat")
+        preflight(cfg, args.command)
         run_dir = Path(args.run_dir)
         if args.command == "run":
             from .stages.pipeline import run_all
 
             metrics = run_all(run_dir, cfg)
-            print_table(metrics)
-            print(f"\nreport: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
+            if metrics is not None:  # None on the other processes of accelerate launch: the main one reports
+                print_table(metrics)
+                print(f"\nreport: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
         elif args.command == "ablate":
             from .experiments.ablate import run_ablate
 
@@ -268,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.distill.student:
                 resolve(cfg.distill.student)
             m = run_compare(run_dir, cfg)
+            if m is None:  # another process of accelerate launch: the main one reports
+                return 0
             print("\n" + render(m))
             print(f"report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
             from .stages.pipeline import track

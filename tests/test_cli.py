@@ -149,3 +149,13 @@ def test_bad_data_in_a_real_process(tiny_model_dir, tmp_path, content, field, ex
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in proc.stderr
     assert not run_dir.exists()  # nothing written, not even config.yaml
+
+
+@pytest.mark.parametrize("stage, needs", [("score", "generate"), ("train", "select"), ("report", "evaluate")])
+def test_a_stage_whose_input_is_missing_names_the_stage_to_run_first(tmp_path, capsys, stage, needs):
+    run_dir = tmp_path / "empty"
+    assert main([stage, "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"depthtune: error: the {needs} stage has not run in {run_dir}: run `depthtune {needs} "
+                   f"--run-dir {run_dir}` (or `depthtune run`) first")
+    assert not run_dir.exists()  # nothing written, no model loaded
