@@ -26,6 +26,10 @@ def quiet() -> None:
         pass
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    import logging
+
+    # bitsandbytes' CPU backend warns on import that an optional kernel package is missing (it falls back)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
 
@@ -77,10 +81,13 @@ def gguf_path(name: str | None) -> Path:
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """Under `accelerate launch` each process takes the GPU of its local rank, not all of them GPU 0."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise DepthtuneError("device 'cuda' was asked for but no GPU is visible; use --set model.device=cpu")
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(device)
 
 
@@ -106,16 +113,75 @@ def load_tokenizer(name: str | None):
     return tok
 
 
-def load_model(name: str | None, dtype: str = "auto", device: str = "auto"):
-    """Load a causal LM for inference or training. GGUF weights are dequantised to float."""
+def require_bitsandbytes(quantize: str | None) -> None:
+    """A one-line refusal, before anything is loaded or written, when --quantize cannot run here."""
+    if quantize and importlib.util.find_spec("bitsandbytes") is None:
+        raise DepthtuneError(f"--quantize {quantize} needs bitsandbytes: pip install 'depthtune[quantize]' "
+                             f"(or pip install 'bitsandbytes>=0.50')")
+
+
+def quantization_config(quantize: str, compute_dtype: torch.dtype):
+    """bitsandbytes settings of QLoRA (Dettmers et al. 2023): NF4 with double quantisation, matmuls in
+    `compute_dtype` (bf16 on a GPU that has it); or LLM.int8() for 8bit."""
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    storage = {}
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        # FSDP shards only float tensors of one dtype: the 4-bit weights are stored as the model's dtype
+        storage = {"bnb_4bit_quant_storage": compute_dtype}
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype, **storage)
+
+
+def is_quantized(model) -> bool:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(inner, "is_loaded_in_4bit", False) or getattr(inner, "is_loaded_in_8bit", False))
+
+
+def _from_pretrained(name, source: str, extra: dict, **kwargs):
     from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **extra, **kwargs)
+    except OSError as e:
+        raise DepthtuneError(f"could not load model '{name}': {str(e).splitlines()[0]}") from None
+
+
+def _dequantised_gguf(name, source: str, extra: dict, dtype: torch.dtype, folder: Path) -> str:
+    """transformers cannot quantise while it reads a GGUF file: dequantise it to a plain model dir first."""
+    model = _from_pretrained(name, source, extra, dtype=dtype)
+    model.hf_quantizer.remove_quantization_config(model)
+    model.save_pretrained(folder, safe_serialization=True)
+    return str(folder)
+
+
+def load_model(name: str | None, dtype: str = "auto", device: str = "auto", quantize: str | None = None,
+               device_map: str | None = None, max_memory: dict | None = None):
+    """Load a causal LM for inference or training. GGUF weights are dequantised to float.
+
+    quantize (4bit, 8bit): bitsandbytes layers, placed on `device` (a GGUF file is dequantised to a
+    temporary folder first). device_map=auto: accelerate spreads the layers over the GPUs, then CPU
+    (at most max_memory each) instead of moving the whole model to one device.
+    """
+    import tempfile
 
     source, extra = resolve(name)
     dev = pick_device(device)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=pick_dtype(dtype, dev), **extra)
-    except OSError as e:
-        raise DepthtuneError(f"could not load model '{name}': {str(e).splitlines()[0]}") from None
+    torch_dtype = pick_dtype(dtype, dev)
+    placed = {}
+    if device_map == "auto":
+        placed = {"device_map": "auto", "max_memory": max_memory}
+    elif quantize:  # bitsandbytes quantises as it places the weights: it needs a device map
+        placed = {"device_map": {"": dev}}
+    with tempfile.TemporaryDirectory(prefix="depthtune-gguf-") as tmp:
+        if quantize:
+            require_bitsandbytes(quantize)
+            if extra.get("gguf_file"):
+                source, extra = _dequantised_gguf(name, source, extra, torch_dtype, Path(tmp)), {}
+            placed["quantization_config"] = quantization_config(quantize, torch_dtype)
+        model = _from_pretrained(name, source, extra, dtype=torch_dtype, **placed)
     # A dequantised GGUF model is a plain float model: transformers' own call drops the quantizer
     # and its config marker, so training treats it as float and a saved copy loads as one.
     quantizer = getattr(model, "hf_quantizer", None)
@@ -123,7 +189,13 @@ def load_model(name: str | None, dtype: str = "auto", device: str = "auto"):
         quantizer.remove_quantization_config(model)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = model.config.eos_token_id
-    return model.to(dev).eval()
+    return (model if placed else model.to(dev)).eval()
+
+
+def from_config(name: str | None, m, full_precision: bool = False):
+    """load_model with a ModelConfig's settings; full_precision drops quantize (merging needs real weights)."""
+    return load_model(name, m.dtype, m.device, quantize=None if full_precision else m.quantize,
+                      device_map=m.device_map, max_memory=m.max_memory)
 
 
 def split_head(model):

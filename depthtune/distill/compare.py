@@ -14,7 +14,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from .. import artifacts, models
+from .. import artifacts, distributed, models
 from ..config import RunConfig
 from ..errors import DepthtuneError
 from ..prompting import prompt_ids
@@ -137,18 +137,21 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
     model, seconds, loss = fit(student, tok, rows, train_cfg, stage, log=log, report_to=cfg.report_to,
                                run_name=f"{Path(run_dir).resolve().name}-{name}", log_dir=Path(run_dir) / "logs" / name,
                                **kwargs)
+    if not distributed.is_main():  # every process trained (DDP); the main process saves
+        return distributed.others_read(stage, name)
     model = model if train_cfg.full else model.merge_and_unload()
     with artifacts.atomic_path(stage / "model") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
     shutil.rmtree(stage / "checkpoints", ignore_errors=True)
-    return artifacts.write_manifest(stage, name, cfg.to_dict(), examples=len(rows), train_seconds=round(seconds, 2),
-                                    final_loss=round(float(loss), 5), method=cfg.distill.method,
-                                    targets=cfg.distill.targets if name == "distilled" else "reference answers",
-                                    teacher=None if name != "distilled" else "online" if cfg.distill.online
-                                    else "cached top-k" if cfg.distill.alpha > 0 else "sequence-level only",
-                                    on_policy=cfg.distill.on_policy if name == "distilled" else None,
-                                    on_policy_batches=stats.get("on_policy_batches"), batches=stats.get("batches"))
+    manifest = artifacts.write_manifest(stage, name, cfg.to_dict(), examples=len(rows), train_seconds=round(seconds, 2),
+                                        final_loss=round(float(loss), 5), method=cfg.distill.method,
+                                        targets=cfg.distill.targets if name == "distilled" else "reference answers",
+                                        teacher=None if name != "distilled" else "online" if cfg.distill.online
+                                        else "cached top-k" if cfg.distill.alpha > 0 else "sequence-level only",
+                                        on_policy=cfg.distill.on_policy if name == "distilled" else None,
+                                        on_policy_batches=stats.get("on_policy_batches"), batches=stats.get("batches"))
+    return distributed.main_wrote(manifest)
 
 
 def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
@@ -163,10 +166,11 @@ def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
 
     once("prepare", False, lambda: prepare(run_dir, cfg))  # the user's settings: a rerun derives both sides again
     # the student first: its size and vocabulary checks fail before any teacher generation is spent
-    once("student", artifacts.is_done(run_dir / "student"), lambda: build_student(run_dir, scfg, *session.base()))
+    once("student", artifacts.is_done(run_dir / "student"),  # under accelerate launch: the main process
+         lambda: distributed.on_main(lambda: build_student(run_dir, scfg, *session.base())))
     once("generate", artifacts.is_done(run_dir / "generate"), lambda: generate.run(run_dir, tcfg, session.sampler()))
     once("score", artifacts.is_done(run_dir / "score"), lambda: score.run(run_dir, tcfg, *session.base()))
-    once("select", artifacts.is_done(run_dir / "select"), lambda: select.run(run_dir, tcfg))
+    once("select", artifacts.is_done(run_dir / "select"), lambda: distributed.on_main(lambda: select.run(run_dir, tcfg)))
     once("evaluate-teacher", (run_dir / "evaluate" / "teacher.json").exists(),
          lambda: evaluate.evaluate_model(run_dir, tcfg, "teacher", *session.base(), log=log))
     needs_teacher = scfg.distill.alpha > 0 and (cfg.distill.online or cfg.distill.on_policy > 0)
@@ -187,4 +191,4 @@ def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
             prefix = ANSWER if name == "distilled" and cfg.distill.targets == "step_by_step" else ""
             once(f"evaluate-{name}", False,
                  lambda: evaluate.evaluate_model(run_dir, scfg, name, *pair, log=log, prefix=prefix))
-    return write_report(run_dir, cfg)
+    return distributed.on_main(lambda: write_report(run_dir, cfg))  # None on the other processes

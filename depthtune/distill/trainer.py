@@ -79,8 +79,12 @@ class DistillTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"][:, 1:]  # hidden state t predicts token t + 1
-        backbone, head = split_head(model)
-        hidden = backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        _, head = split_head(self.accelerator.unwrap_model(model))
+        # through `model` itself, not its backbone: under DDP the wrapper's forward is what makes the
+        # backward pass average gradients over processes. One position's logits; the last hidden state
+        # (after the final norm) goes to the chunked loss.
+        hidden = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                       output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
         valid = labels != IGNORE
         h, y = hidden[:, :-1][valid], labels[valid]  # [N, D], [N]
         # num_items_in_batch counts the target tokens of every micro-batch of this optimiser step (and of

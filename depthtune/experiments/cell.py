@@ -15,7 +15,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from .. import artifacts
+from .. import artifacts, distributed
 from ..distill.students import shared_vocab_size
 from ..distill.targets import ANSWER, retokenize, student_rows
 from ..errors import DepthtuneError
@@ -93,16 +93,20 @@ def train(cell_dir: Path, cp, rows: list[dict], folder: Path, mdl, log):
 
 def run_cell(cell_dir: Path, cp, plan, samples: dict, mdl, folder: Path, log=print) -> dict:
     s = cp.cell.settings
-    artifacts.write_json(cell_dir / "cell.json", {"settings": s, "overrides": cp.cell.overrides, "group": cp.cell.group,
-                                                  "prompts": cp.prompts, "teacher_jobs": cp.jobs,
-                                                  "ensemble": cp.ensemble, "config": cp.cfg.to_dict()})
+    main = distributed.is_main()  # under accelerate launch every process trains and evaluates, main writes
+    if main:
+        artifacts.write_json(cell_dir / "cell.json", {"settings": s, "overrides": cp.cell.overrides,
+                                                      "group": cp.cell.group, "prompts": cp.prompts,
+                                                      "teacher_jobs": cp.jobs, "ensemble": cp.ensemble,
+                                                      "config": cp.cfg.to_dict()})
     rows = pooled_rows(cp, samples)
     model, tok, examples, seconds, loss = train(cell_dir, cp, rows, folder, mdl, log)
     if s["method"] != "full":
-        with artifacts.atomic_path(cell_dir / "adapter") as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
+        if main:
+            with artifacts.atomic_path(cell_dir / "adapter") as tmp:
+                model.save_pretrained(tmp, safe_serialization=True)
         model = model.merge_and_unload()
-    if plan.sweep.keep_models:
+    if plan.sweep.keep_models and main:
         with artifacts.atomic_path(cell_dir / "model") as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
@@ -120,6 +124,7 @@ def run_cell(cell_dir: Path, cp, plan, samples: dict, mdl, folder: Path, log=pri
               "eval_ms_per_token": summary.get("ms_per_token"), "mean_cdm": summary.get("mean_cdm"),
               "params": summary.get("params"), "battery": mine, "teacher": teacher, "untrained": before,
               "transfer": transfer(mine, teacher)}
-    shutil.rmtree(cell_dir / "train" / "checkpoints", ignore_errors=True)
-    artifacts.write_json(cell_dir / "result.json", result)
-    return result
+    if main:
+        shutil.rmtree(cell_dir / "train" / "checkpoints", ignore_errors=True)
+        artifacts.write_json(cell_dir / "result.json", result)
+    return distributed.main_wrote(result)

@@ -29,7 +29,7 @@ import gc
 import time
 from pathlib import Path
 
-from .. import artifacts, models
+from .. import artifacts, distributed, models
 from ..backends.local import LocalSampler
 from ..config import RunConfig
 from ..distill import ensemble
@@ -176,7 +176,8 @@ class Progress:
         if self.times and left:
             eta = f", ~{sum(self.times) / len(self.times) * left / 60:.0f} min left"
         text = f"cells: {self.done} done, {self.failed} failed, {left} to go{eta}"
-        artifacts.write_json(self.folder / "progress.json", {"done": self.done, "failed": self.failed, "left": left,
+        if distributed.is_main():
+            artifacts.write_json(self.folder / "progress.json", {"done": self.done, "failed": self.failed, "left": left,
                                                              "running": running, "total": self.total})
         return text + (f" | running {running}" if running else "")
 
@@ -185,8 +186,9 @@ def timed(folder: Path, phase: str, key: str, fn):
     """Run fn and append its wall seconds to <sweep>/timings.jsonl (work done in this process only)."""
     start = time.perf_counter()
     out = fn()
-    artifacts.append_jsonl(folder / "timings.jsonl", [{"phase": phase, "key": key,
-                                                       "seconds": round(time.perf_counter() - start, 2)}])
+    if distributed.is_main():
+        artifacts.append_jsonl(folder / "timings.jsonl", [{"phase": phase, "key": key,
+                                                           "seconds": round(time.perf_counter() - start, 2)}])
     return out
 
 
@@ -222,17 +224,21 @@ def run_sweep(sweep: Sweep, folder: Path, log=print, sweep_text: str | None = No
     folder = Path(folder)
     plan = make_plan(sweep)  # every check, before anything is written
     folder.mkdir(parents=True, exist_ok=True)
-    if sweep_text is not None:
+    main = distributed.is_main()  # under accelerate launch: main writes and does the shared teacher work
+    if sweep_text is not None and main:
         artifacts.write_text(folder / "sweep.yaml", sweep_text)
-    artifacts.write_jsonl(folder / "prompts" / "train.jsonl", plan.train)
-    artifacts.write_jsonl(folder / "prompts" / "eval.jsonl", plan.battery)
+    if main:
+        artifacts.write_jsonl(folder / "prompts" / "train.jsonl", plan.train)
+        artifacts.write_jsonl(folder / "prompts" / "eval.jsonl", plan.battery)
     log(f"sweep '{sweep.name}': {len(plan.cells)} cells, {len(plan.jobs)} teacher jobs, "
         f"{len(plan.ensembles)} ensembles, battery of {len(plan.battery)} held-out prompts")
     mdl = Models(sweep.base, log)
-    samples, failed_jobs = timed(folder, "shared", "all", lambda: shared_work(plan, folder, mdl, log))
+    samples, failed_jobs = distributed.share(
+        distributed.on_main(lambda: timed(folder, "shared", "all", lambda: shared_work(plan, folder, mdl, log))))
     progress = Progress(len(plan.cells), folder, log)
     for i, cp in enumerate(plan.cells):
         cell_dir, name = folder / "cells" / cp.dir_name, f"{cp.cell.group}, seed={cp.cell.settings['seed']}"
+        distributed.barrier()  # every process looks for result.json before any of them writes it
         if (cell_dir / "result.json").exists():
             progress.done += 1
             log(f"[cell {i + 1}/{len(plan.cells)}] already finished, skipped: {name}")
@@ -254,8 +260,9 @@ def run_sweep(sweep: Sweep, folder: Path, log=print, sweep_text: str | None = No
             message = str(e).splitlines()[0] if str(e) else type(e).__name__
             if not isinstance(e, DepthtuneError):
                 message = f"{type(e).__name__}: {message}"
-            artifacts.write_json(cell_dir / "error.json", {"error": message, "settings": cp.cell.settings})
+            if main:
+                artifacts.write_json(cell_dir / "error.json", {"error": message, "settings": cp.cell.settings})
             log(f"  cell failed: {message}")
         gc.collect()
         log("  " + progress.line())
-    return write_report(folder, plan)
+    return distributed.on_main(lambda: write_report(folder, plan))  # None on the other processes

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from .. import artifacts
+from .. import artifacts, distributed
 from ..backends.local import LocalSampler
 from ..config import RunConfig
 from ..models import count_params
-from .generate import sample_all
-from .score import judge, score_rows
+from .generate import sample_shared
+from .score import judge, score_shared
 
 WHICH = ("base", "tuned")
 
@@ -115,23 +115,27 @@ def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=pr
     log(f"evaluate[{which}]: {len(items)} held-out prompts")
     caps = "--max-eval-prompts N or --set evaluate.max_new_tokens=N"
     with PeakMemory(model) as mem:
-        rows, secs = sample_all(sampler or LocalSampler(model, tok, cfg.data.template), items,
-                                stage_dir / f"{which}.samples.partial.jsonl", k=1,
-                                temperature=e.temperature, top_p=cfg.generate.top_p, max_new_tokens=e.max_new_tokens,
-                                batch_size=e.batch_size, seed=e.seed, system_prompt=cfg.data.system_prompt, progress=log,
-                                desc=f"evaluate[{which}] answers", hint=caps)
+        rows, secs = sample_shared(sampler or LocalSampler(model, tok, cfg.data.template), items,
+                                   stage_dir / f"{which}.samples.partial.jsonl", k=1,
+                                   temperature=e.temperature, top_p=cfg.generate.top_p,
+                                   max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=e.seed,
+                                   system_prompt=cfg.data.system_prompt, progress=log,
+                                   desc=f"evaluate[{which}] answers", hint=caps)
     if cdm and model is not None:
-        scored = score_rows(model, tok, rows, cfg.score, stage_dir / f"{which}.scored.partial.jsonl", progress=log,
-                            desc=f"evaluate[{which}] CDM", hint="--max-eval-prompts N")
+        scored = score_shared(model, tok, rows, cfg.score, stage_dir / f"{which}.scored.partial.jsonl", progress=log,
+                              desc=f"evaluate[{which}] CDM", hint="--max-eval-prompts N")
     else:
         scored = [{**r, "cdm": None, "correct": judge(r)} for r in rows]
+    if not distributed.is_main():  # the main process writes the summary
+        distributed.barrier()
+        return artifacts.read_json(summary_path)
     artifacts.write_jsonl(stage_dir / f"{which}.jsonl", scored)
     summary = summarise(scored, secs, mem.mb, e.deep_line)
     summary["params"] = count_params(model)
     artifacts.write_json(summary_path, summary)
     for suffix in ("samples", "scored"):
         (stage_dir / f"{which}.{suffix}.partial.jsonl").unlink(missing_ok=True)
-    return summary
+    return distributed.main_wrote(summary)
 
 
 def finish(run_dir: Path, cfg: RunConfig) -> dict:

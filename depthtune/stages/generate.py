@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .. import artifacts
+from .. import artifacts, distributed
 from ..config import RunConfig
 from ..progress import Progress
 from ..teacher_cache import write_shard
@@ -56,15 +56,34 @@ def sample_all(sampler, items: list[dict], partial: Path, *, k: int, temperature
     return rows, sum(r["gen_seconds"] for r in rows)
 
 
+def sample_shared(sampler, items: list[dict], partial: Path, **kw) -> tuple[list[dict], float]:
+    """sample_all on this process's block of chunks under `accelerate launch` (see depthtune.distributed:
+    each chunk keeps its one-process seed; per-process partial files); -> every process's rows in
+    prompt order and their generation seconds, as sample_all returns them in one process."""
+    per_chunk = max(1, kw["batch_size"] // kw["k"])  # sample_all's chunks
+
+    def work(part: list[dict], path: Path, first_chunk: int) -> list[dict]:
+        mine = distributed.OffsetSeeds(sampler, first_chunk) if first_chunk else sampler
+        return sample_all(mine, part, path, **kw)[0]
+
+    rows = distributed.split_work(partial, items, work, unit_key="id", row_key="prompt_id", per_chunk=per_chunk,
+                                  shards=kw.get("topk", 0) > 0)
+    order = {it["id"]: i for i, it in enumerate(items)}
+    rows.sort(key=lambda r: (order[r["prompt_id"]], r["sample_id"]))
+    return rows, sum(r["gen_seconds"] for r in rows)
+
+
 def run(run_dir: Path, cfg: RunConfig, sampler) -> dict:
     stage_dir = Path(run_dir) / "generate"
     stage_dir.mkdir(parents=True, exist_ok=True)
     items = artifacts.read_jsonl(Path(run_dir) / "prompts" / "train.jsonl")
     g = cfg.generate
-    rows, seconds = sample_all(sampler, items, stage_dir / "samples.partial.jsonl", k=g.k,
+    rows, seconds = sample_shared(sampler, items, stage_dir / "samples.partial.jsonl", k=g.k,
                                temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                                batch_size=g.batch_size, seed=g.seed, system_prompt=cfg.data.system_prompt, topk=g.topk,
                                hint="--max-train-prompts N, --k N or --set generate.max_new_tokens=N")
+    if not distributed.is_main():  # the main process writes the stage's files
+        return distributed.others_read(stage_dir, "generate")
     artifacts.write_jsonl(stage_dir / "samples.jsonl", rows)
     tokens = sum(len(r["completion_ids"]) for r in rows)
     cache_bytes = sum(p.stat().st_size for p in (stage_dir / "topk").glob("*.safetensors")) if g.topk else 0
@@ -77,4 +96,4 @@ def run(run_dir: Path, cfg: RunConfig, sampler) -> dict:
                                         unmapped_tokens=getattr(sampler, "unmapped", None),
                                         template=getattr(sampler, "template", None))
     (stage_dir / "samples.partial.jsonl").unlink(missing_ok=True)
-    return manifest
+    return distributed.main_wrote(manifest)

@@ -5,6 +5,10 @@ Writes <run>/merge/model/ (safetensors + config + tokenizer), + manifest.json
 
 After --full training the trained model already is the tuned model: the manifest
 points at <run>/train/model and nothing is copied.
+
+A QLoRA adapter (trained over a 4-bit or 8-bit base) is merged into the base loaded in full
+precision, never into the quantised weights: folding B A into NF4 weights would round the update
+away. The merged model is a plain float model.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 
 from .. import artifacts
 from ..config import RunConfig
+from ..models import is_quantized
 
 
 def merge_adapter(base_model, adapter_dir: Path):
@@ -24,8 +29,9 @@ def merge_adapter(base_model, adapter_dir: Path):
 def run(run_dir: Path, cfg: RunConfig, load_base, trained_model=None) -> tuple[dict, object]:
     """-> (manifest, tuned model or None).
 
-    `load_base(name)` loads the base model named in the train manifest; `run` passes the
-    (model, tokenizer) it just trained instead, which saves loading the base again.
+    `load_base(name)` loads the base model named in the train manifest, in full precision; `run` passes
+    the (model, tokenizer) it just trained instead, which saves loading the base again (unless it is
+    quantised).
     """
     run_dir = Path(run_dir)
     stage_dir = run_dir / "merge"
@@ -33,7 +39,7 @@ def run(run_dir: Path, cfg: RunConfig, load_base, trained_model=None) -> tuple[d
     if trained["method"] == "full":
         return artifacts.write_manifest(stage_dir, "merge", cfg.to_dict(), model_dir="train/model",
                                         base_model=trained["base_model"], merged=False), trained_model[0] if trained_model else None
-    if trained_model is not None:
+    if trained_model is not None and not is_quantized(trained_model[0]):
         merged, tok = trained_model[0].merge_and_unload(), trained_model[1]
     else:
         base, tok = load_base(trained["base_model"])

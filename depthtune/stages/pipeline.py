@@ -12,7 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from .. import artifacts, models, tracking
+from .. import artifacts, distributed, models, tracking
 from ..backends.llama_server import LlamaServer, choose_backend
 from ..backends.local import LocalSampler
 from ..config import RunConfig, dump_config
@@ -37,7 +37,7 @@ class Session:
         if self._model is None:
             t = time.perf_counter()
             self.log(f"loading {self.cfg.model.name or models.EMBEDDED_NAME} ...")
-            self._model = models.load_model(self.cfg.model.name, self.cfg.model.dtype, self.cfg.model.device)
+            self._model = models.from_config(self.cfg.model.name, self.cfg.model)
             self.log(f"  loaded in {time.perf_counter() - t:.1f} s")
         return self._model, self.tokenizer()
 
@@ -48,7 +48,8 @@ class Session:
         return model, tok
 
     def load(self, name: str | None):
-        return models.load_model(name, self.cfg.model.dtype, self.cfg.model.device), models.load_tokenizer(name)
+        """A base to merge an adapter into: in full precision even when the runs' base is quantised."""
+        return models.from_config(name, self.cfg.model, full_precision=True), models.load_tokenizer(name)
 
     def sampler(self):
         """Where this command's answers come from (cfg.backend, "auto" resolved by choose_backend): the
@@ -82,6 +83,8 @@ def prepare(run_dir: Path, cfg: RunConfig) -> dict:
     """Write the train / held-out prompt lists (once) and the resolved config."""
     run_dir = Path(run_dir)
     stage_dir = run_dir / "prompts"
+    if not distributed.is_main():  # under accelerate launch the main process writes, the others read
+        return distributed.others_read(stage_dir, "prompts")
     if artifacts.is_done(stage_dir):
         manifest = artifacts.read_json(artifacts.manifest_path(stage_dir))
     else:
@@ -91,13 +94,14 @@ def prepare(run_dir: Path, cfg: RunConfig) -> dict:
         manifest = artifacts.write_manifest(stage_dir, "prompts", cfg.to_dict(), train=len(train_items),
                                             eval=len(held), with_answers=sum(p["answer"] is not None for p in train_items))
     artifacts.write_text(run_dir / "config.yaml", dump_config(cfg))
-    return manifest
+    return distributed.main_wrote(manifest)
 
 
 def tuned_model(run_dir: Path, session: Session):
     m = artifacts.read_manifest(Path(run_dir) / "merge", "merge")
     path = str(Path(run_dir) / m["model_dir"])
-    return models.load_model(path, session.cfg.model.dtype, session.cfg.model.device), models.load_tokenizer(path)
+    # a QLoRA run's tuned model is evaluated quantised as its base was: before and after alike
+    return models.from_config(path, session.cfg.model), models.load_tokenizer(path)
 
 
 def served(session: Session):
@@ -112,6 +116,8 @@ def step(name: str, done: bool, fn, log=print, timings: dict | None = None):
         log(f"[{name}] already finished, skipped")
         return None
     log(f"[{name}]")
+    # under accelerate launch: every process has made its `done` check before any of them writes
+    distributed.barrier()
     start = time.perf_counter()
     out = fn()
     if timings is not None:
@@ -131,7 +137,9 @@ def _run_all(run_dir: Path, cfg: RunConfig, session: Session, log) -> dict:
     timings = {}
 
     def stage(name: str, done: bool, fn):
-        return step(name, done, fn, log, timings)
+        # under accelerate launch, every process runs these (each its share); the main process the rest
+        shared = name in ("prepare", "generate", "score", "evaluate-base", "train", "evaluate-tuned")
+        return step(name, done, fn if shared else lambda: distributed.on_main(fn), log, timings)
 
     def train_base():
         base, tok = session.take_base()  # training changes it in place
@@ -145,18 +153,19 @@ def _run_all(run_dir: Path, cfg: RunConfig, session: Session, log) -> dict:
     stage("select", artifacts.is_done(run_dir / "select"), lambda: select.run(run_dir, cfg))
     trained = stage("train", artifacts.is_done(run_dir / "train"), train_base)
     merged = stage("merge", artifacts.is_done(run_dir / "merge"), lambda: merge.run(run_dir, cfg, session.load, trained))
-    tuned = merged[1] if merged else None
+    tuned = merged[1] if merged and not cfg.model.quantize else None  # QLoRA: reloaded quantised
     if not (run_dir / "evaluate" / "tuned.json").exists():
         session._model = None  # free the base before the tuned model is loaded
         pair = (tuned.eval(), session.tokenizer()) if tuned is not None else tuned_model(run_dir, session)
         stage("evaluate-tuned", False, lambda: evaluate.evaluate_model(run_dir, cfg, "tuned", *pair, log=log))
-    evaluate.finish(run_dir, cfg)
+    distributed.on_main(lambda: evaluate.finish(run_dir, cfg))
     if cfg.evaluate.lm_eval:
         trained = merged = tuned = pair = session._model = None  # lm-eval loads each model from its directory
         stage("lm-eval", False, lambda: benchmark.run(run_dir, cfg, log))
     metrics = stage("report", False, lambda: report.run(run_dir))
-    artifacts.write_json(run_dir / "timings.json", timings)
-    track(cfg, run_dir, tracking.run_summary(metrics), log)
+    if distributed.is_main():  # the others return None: the main process reports
+        artifacts.write_json(run_dir / "timings.json", timings)
+        track(cfg, run_dir, tracking.run_summary(metrics), log)
     return metrics
 
 

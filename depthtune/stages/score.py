@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import artifacts, cdm, models
+from .. import artifacts, cdm, distributed, models
 from ..backends import left_pad
 from ..checking import is_correct
 from ..config import RunConfig, ScoreConfig
@@ -239,6 +239,17 @@ def score_rows(model, tok, rows: list[dict], cfg: ScoreConfig, partial: Path | N
     return [done[r["sample_id"]] for r in rows]
 
 
+def score_shared(model, tok, rows: list[dict], cfg: ScoreConfig, partial: Path, **kw) -> list[dict]:
+    """score_rows on this process's block of samples under `accelerate launch` (per-process partial files,
+    see depthtune.distributed); -> every sample scored, in the order of `rows`, on every process."""
+    def work(part: list[dict], path: Path, _first: int) -> list[dict]:
+        return score_rows(model, tok, part, cfg, path, **kw)
+
+    done = {r["sample_id"]: r for r in distributed.split_work(partial, rows, work, unit_key="sample_id",
+                                                              row_key="sample_id")}
+    return [done[r["sample_id"]] for r in rows]
+
+
 def degenerate_counts(rows: list[dict]) -> dict:
     """{flag: samples with it} plus 'any' (a sample can carry several flags)."""
     counts = {f: sum(f in (r.get("degenerate") or []) for r in rows) for f in FLAGS}
@@ -249,8 +260,10 @@ def run(run_dir: Path, cfg: RunConfig, model, tok) -> dict:
     stage_dir = Path(run_dir) / "score"
     stage_dir.mkdir(parents=True, exist_ok=True)
     rows = artifacts.read_jsonl(Path(run_dir) / "generate" / "samples.jsonl")
-    scored = score_rows(model, tok, rows, cfg.score, stage_dir / "scored.partial.jsonl",
-                        hint="--max-train-prompts N or --k N")
+    scored = score_shared(model, tok, rows, cfg.score, stage_dir / "scored.partial.jsonl",
+                          hint="--max-train-prompts N or --k N")
+    if not distributed.is_main():  # the main process writes the stage's files
+        return distributed.others_read(stage_dir, "score")
     artifacts.write_jsonl(stage_dir / "scored.jsonl", scored)
     judged = [r["correct"] for r in scored if r["correct"] is not None]
     manifest = artifacts.write_manifest(
@@ -258,4 +271,4 @@ def run(run_dir: Path, cfg: RunConfig, model, tok) -> dict:
         mean_cdm=round(sum(r["cdm"] for r in scored) / max(1, len(scored)), 3),
         accuracy=round(sum(judged) / len(judged), 4) if judged else None, degenerate=degenerate_counts(scored))
     (stage_dir / "scored.partial.jsonl").unlink(missing_ok=True)
-    return manifest
+    return distributed.main_wrote(manifest)

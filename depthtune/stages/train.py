@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .. import artifacts, tracking
+from .. import artifacts, distributed, tracking
 from ..config import RunConfig, TrainConfig
-from ..models import count_params
+from ..models import count_params, is_quantized
 from ..progress import Progress
 
 IGNORE = -100
@@ -48,14 +48,27 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 def wrap_lora(model, cfg: TrainConfig):
     """The model with a fresh LoRA adapter, its initial weights drawn from cfg.seed: whatever the process
     sampled before (generation, scoring), the same seed gives the same adapter, so a run killed before its
-    first checkpoint and started again trains exactly as the uninterrupted one."""
-    from peft import LoraConfig, get_peft_model
+    first checkpoint and started again trains exactly as the uninterrupted one.
+
+    A 4-bit or 8-bit base is QLoRA: PEFT's k-bit preparation freezes it and keeps its norms and
+    embeddings in fp32 (the adapter learns in full precision over the quantised weights)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
+    if is_quantized(model):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     set_seed(cfg.seed)
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                       target_modules=cfg.target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
+
+
+def _checkpointing(args_cls, on: bool) -> dict:
+    """Activation checkpointing under its name in this transformers (renamed from gradient_checkpointing)."""
+    if not on:
+        return {}
+    return {"activation_checkpointing" if "activation_checkpointing" in args_cls.__dataclass_fields__
+            else "gradient_checkpointing": True}
 
 
 class _Elapsed:
@@ -92,6 +105,8 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     elapsed = _Elapsed(out_dir / "elapsed.json")
     device = next(model.parameters()).device
+    # the dtype the model was loaded in: a QLoRA model keeps fp32 norms but computes in it (bf16 on a GPU)
+    bf16 = getattr(model.config, "dtype", None) == torch.bfloat16 or next(model.parameters()).dtype == torch.bfloat16
     lr = cfg.learning_rate or (2e-5 if cfg.full else 2e-4)
     args = TrainingArguments(
         output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
@@ -99,7 +114,7 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
         lr_scheduler_type="linear", warmup_steps=0, logging_steps=1, save_strategy="steps",
         save_steps=cfg.save_steps, save_total_limit=2, disable_tqdm=True,  # Steps shows progress
         seed=cfg.seed, **tracking.trainer_args(report_to, run_name),
-        use_cpu=device.type == "cpu", bf16=next(model.parameters()).dtype == torch.bfloat16,
+        use_cpu=device.type == "cpu", bf16=bf16, **_checkpointing(TrainingArguments, cfg.gradient_checkpointing),
         remove_unused_columns=False, dataloader_num_workers=0,
         train_sampling_strategy="sequential" if sequential else "random")
 
@@ -121,7 +136,8 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
                 self.bar.close()
 
         def on_save(self, args, state, control, **kw):
-            elapsed.save()
+            if state.is_world_process_zero:
+                elapsed.save()
 
     if examples is None:
         examples = [build_example(r, tok.eos_token_id) for r in rows]  # a list is a map-style dataset
@@ -130,6 +146,7 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
                                        callbacks=[Steps()], **trainer_kwargs)
     trainer.remove_callback(PrinterCallback)  # Steps shows the progress we want
     tracking.redirect_tensorboard(trainer, report_to, log_dir or out_dir / "logs")
+    distributed.check_resume(ckpt_dir)
     last = get_last_checkpoint(str(ckpt_dir))
     if last:
         log(f"  resuming from {Path(last).name}")
@@ -151,6 +168,8 @@ def run(run_dir: Path, cfg: RunConfig, model, tok) -> tuple[dict, object]:
     trainable = count_params(model, trainable_only=True)
     model, seconds, loss = fit(model, tok, rows, cfg.train, stage_dir, report_to=cfg.report_to,
                                run_name=Path(run_dir).resolve().name, log_dir=Path(run_dir) / "logs" / "train")
+    if not distributed.is_main():  # every process trained (DDP); the main process saves
+        return distributed.others_read(stage_dir, "train"), model
     target = stage_dir / ("model" if cfg.train.full else "adapter")
     with artifacts.atomic_path(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -158,6 +177,7 @@ def run(run_dir: Path, cfg: RunConfig, model, tok) -> tuple[dict, object]:
     manifest = artifacts.write_manifest(
         stage_dir, "train", cfg.to_dict(), base_model=cfg.model.name, method="full" if cfg.train.full else "lora",
         output=target.name, examples=len(rows), trainable_params=trainable, base_params=base_params,
-        train_seconds=round(seconds, 2), final_loss=round(float(loss), 5))
+        train_seconds=round(seconds, 2), final_loss=round(float(loss), 5), quantize=cfg.model.quantize,
+        processes=distributed.world()[1])
     shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
-    return manifest, model
+    return distributed.main_wrote(manifest), model
