@@ -22,6 +22,7 @@ gets a paired bootstrap 95% interval over documents (depthtune.stats) from lm-ev
 """
 from __future__ import annotations
 
+import difflib
 import gc
 import importlib.util
 import logging
@@ -65,13 +66,23 @@ def _task_file(task: str) -> Path | None:
 
 
 def require(cfg: RunConfig) -> None:
-    """Before any model loads: lm-eval is installed and every task file exists."""
+    """Before any model loads: lm-eval is installed, every task file exists and every task name is lm-eval's
+    (reading its task index takes ~10 s, far less than a run that would end on an unknown name)."""
     if not cfg.evaluate.lm_eval:
         return
     if importlib.util.find_spec("lm_eval") is None:
         raise DepthtuneError("--lm-eval needs lm-evaluation-harness: pip install 'lm-eval[hf]' (or drop --lm-eval)")
-    for task in cfg.evaluate.lm_eval:
-        _task_file(task)
+    names = [task for task in cfg.evaluate.lm_eval if _task_file(task) is None]
+    if names:
+        from lm_eval.tasks import TaskManager
+
+        known = TaskManager().all_tasks
+        for name in names:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise DepthtuneError(f"--lm-eval {name}: lm-eval has no task of that name{hint}; `lm-eval ls tasks` "
+                                     f"lists them, or give a task YAML file")
 
 
 def task_spec(task: str, folder: Path) -> str:
@@ -127,8 +138,6 @@ def evaluate(args: dict, tasks: list[str], cfg: RunConfig) -> dict:
                                       device=str(models.pick_device(cfg.model.device)), limit=e.lm_eval_limit,
                                       log_samples=True, apply_chat_template=cfg.data.template == "chat",
                                       random_seed=e.seed)
-    except KeyError as err:  # lm-eval's message for a task name it does not know
-        raise DepthtuneError(f"lm-eval: {err.args[0]}; list the tasks with `lm-eval ls tasks`") from None
     finally:
         gc.collect()  # the model lm-eval loaded goes before the next one comes
     return scores(out)

@@ -9,7 +9,9 @@ import yaml
 from helpers import tiny_args
 
 from depthtune.cli import main
-from depthtune.stages.benchmark import changes, scores, task_spec
+from depthtune.config import RunConfig
+from depthtune.errors import DepthtuneError
+from depthtune.stages.benchmark import changes, require, scores, task_spec
 
 TASK = Path(__file__).resolve().parents[1] / "data" / "lm_eval" / "arith.yaml"
 FAST = ["--max-train-prompts", "6", "--max-eval-prompts", "3"]
@@ -81,3 +83,21 @@ def test_scores_read_every_filter_and_changes_pair_documents():
     assert before["gsm8k"]["exact_match (flexible-extract)"]["stderr"] is None
     d = changes(before, after)["gsm8k"]["exact_match (strict-match)"]
     assert d["before"] == 0.25 and d["after"] == 0.75 and d["delta"] == pytest.approx(0.5) and d["n"] == 4
+
+
+def test_an_unknown_task_name_or_a_missing_task_file_is_refused_up_front(monkeypatch):
+    tasks = pytest.importorskip("lm_eval.tasks")
+
+    class Index:  # lm-eval's real index takes ~10 s to build; its names are all require reads
+        all_tasks = ["arc_easy", "gsm8k"]
+
+    monkeypatch.setattr(tasks, "TaskManager", Index)
+    cfg = RunConfig()
+    cfg.evaluate.lm_eval = [str(TASK), "gsm8k"]
+    require(cfg)
+    cfg.evaluate.lm_eval = ["gsm8"]
+    with pytest.raises(DepthtuneError, match=r"--lm-eval gsm8: lm-eval has no task of that name \(did you mean 'gsm8k'"):
+        require(cfg)
+    cfg.evaluate.lm_eval = ["missing.yaml"]
+    with pytest.raises(DepthtuneError, match="--lm-eval missing.yaml: no such task file"):
+        require(cfg)
