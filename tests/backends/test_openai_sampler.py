@@ -138,3 +138,15 @@ def test_tokens_another_vocabulary_lacks_are_counted_or_refused(server, tmp_path
     with pytest.raises(DepthtuneError, match="local vocabulary cannot represent"):
         s.sample_chunk(items, k=1, topk=2, **GEN)
     s.close()
+
+
+def test_the_chat_endpoint_gives_the_same_kind_of_rows(server, tok, tmp_path):
+    """endpoint=chat: the server applies its own template; rows and top-k rows keep the same contract."""
+    s = OpenAISampler(backend(server.url, endpoint="chat"), tok, log=lambda *_: None)
+    items = suite_items(2)
+    rows, _, cached = s.sample_chunk(items, k=2, topk=5, **{**GEN, "temperature": 0.0})
+    s.close()
+    write_shard(tmp_path / "chunk-00000.safetensors", [r["sample_id"] for r in rows], cached, s.vocab_size)
+    check_matches(load_cache(tmp_path), rows)
+    assert all(r["completion_ids"] and len(r["logprobs"]) == len(r["completion_ids"]) for r in rows)
+    assert rows[0]["completion_ids"] == rows[1]["completion_ids"]  # greedy: both samples agree
