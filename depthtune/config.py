@@ -131,10 +131,10 @@ class TrainConfig:
     """Checkpoint every this many optimiser steps (resume point after an interruption)."""
     seed: int = 0
     """Seeds the adapter's initial weights, the data order and dropout: the same seed gives the same run."""
-
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of keeping them: less memory, ~30% slower
     steps (the usual companion of --quantize on a large model)."""
+
 
 @dataclass
 class DistillConfig:

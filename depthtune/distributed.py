@@ -112,6 +112,12 @@ def main_wrote(result):
     return result
 
 
+def sharded() -> bool:
+    """FSDP or DeepSpeed from accelerate's config: no process holds the whole trained model, the
+    Trainer gathers it to save, and the model is loaded on CPU for them to shard."""
+    return any(os.environ.get(f"ACCELERATE_USE_{x}", "false").lower() == "true" for x in ("FSDP", "DEEPSPEED"))
+
+
 def block(n: int, rank: int, size: int) -> tuple[int, int]:
     """[start, stop) of `rank`'s share of n units: contiguous, sizes differing by at most one."""
     return n * rank // size, n * (rank + 1) // size
@@ -273,6 +279,9 @@ def check_placement(command: str, device_map: str | None, backend: str = "local"
                              f"merge); `{command}` trains, which needs accelerate: `accelerate launch --config_file "
                              f"examples/accelerate/fsdp.yaml -m depthtune train --run-dir D --set model.device_map=null "
                              f"--set model.max_memory=null`")
+    if sharded() and command != "train":
+        raise DepthtuneError(f"accelerate's FSDP / DeepSpeed configs are for `depthtune train`; run `{command}` in "
+                             f"one process, or under a plain `accelerate launch --num_processes N` (DDP)")
     if size > 1 and backend != "local" and command in ("run", "generate", "compare", "ablate"):
         raise DepthtuneError(f"backend {backend} serves the samples itself; run `{command}` in one process (without "
                              f"accelerate launch), or sample in-process with --backend local")

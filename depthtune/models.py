@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .distributed import sharded
 from .errors import DepthtuneError
 
 
@@ -173,6 +174,8 @@ def load_model(name: str | None, dtype: str = "auto", device: str = "auto", quan
     placed = {}
     if device_map == "auto":
         placed = {"device_map": "auto", "max_memory": max_memory}
+    elif sharded():  # FSDP / DeepSpeed: loaded on CPU, the Trainer puts each process's shard on its GPU
+        placed = {"device_map": None}
     elif quantize:  # bitsandbytes quantises as it places the weights: it needs a device map
         placed = {"device_map": {"": dev}}
     with tempfile.TemporaryDirectory(prefix="depthtune-gguf-") as tmp:

@@ -222,3 +222,19 @@ def test_placements_that_cannot_work_are_refused(monkeypatch):
     with pytest.raises(DepthtuneError, match="one process"):
         distributed.check_placement("run", None, backend="openai")
     distributed.check_placement("train", None, backend="openai")  # training does not sample
+
+
+def test_sharded_training_configs_are_for_the_train_stage_only(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert distributed.sharded()
+    distributed.check_placement("train", None)
+    with pytest.raises(DepthtuneError, match="depthtune train"):
+        distributed.check_placement("run", None)
+
+
+def test_shipped_accelerate_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {p.stem: load_config_from_file(str(p)).distributed_type.value
+             for p in (ROOT / "examples" / "accelerate").glob("*.yaml")}
+    assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED"}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import artifacts
 from ..config import RunConfig
+from ..distributed import sharded
 from ..models import is_quantized
 
 
@@ -39,7 +40,7 @@ def run(run_dir: Path, cfg: RunConfig, load_base, trained_model=None) -> tuple[d
     if trained["method"] == "full":
         return artifacts.write_manifest(stage_dir, "merge", cfg.to_dict(), model_dir="train/model",
                                         base_model=trained["base_model"], merged=False), trained_model[0] if trained_model else None
-    if trained_model is not None and not is_quantized(trained_model[0]):
+    if trained_model is not None and not is_quantized(trained_model[0]) and not sharded():
         merged, tok = trained_model[0].merge_and_unload(), trained_model[1]
     else:
         base, tok = load_base(trained["base_model"])

@@ -88,7 +88,8 @@ class _Elapsed:
 
 def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print, trainer_cls=None,
         examples: list | None = None, collate_fn=None, sequential: bool = False, report_to="none",
-        run_name: str | None = None, log_dir: Path | None = None, **trainer_kwargs):
+        run_name: str | None = None, log_dir: Path | None = None, save_dir: Path | None = None,
+        **trainer_kwargs):
     """Train `model` (already LoRA-wrapped or not) on rows; checkpoints in out_dir/checkpoints.
 
     trainer_cls / examples / collate_fn / trainer_kwargs let distillation swap the loss
@@ -115,7 +116,7 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
         save_steps=cfg.save_steps, save_total_limit=2, disable_tqdm=True,  # Steps shows progress
         seed=cfg.seed, **tracking.trainer_args(report_to, run_name),
         use_cpu=device.type == "cpu", bf16=bf16, **_checkpointing(TrainingArguments, cfg.gradient_checkpointing),
-        remove_unused_columns=False, dataloader_num_workers=0,
+        remove_unused_columns=False, dataloader_num_workers=0, ddp_find_unused_parameters=False,
         train_sampling_strategy="sequential" if sequential else "random")
 
     class Steps(TrainerCallback):
@@ -151,6 +152,8 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
     if last:
         log(f"  resuming from {Path(last).name}")
     result = trainer.train(resume_from_checkpoint=last)
+    if save_dir is not None:  # every process takes part: FSDP / ZeRO-3 gather the shards, the main one writes
+        trainer.save_model(str(save_dir))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return model.eval(), elapsed.total(), (losses[-1] if losses else result.training_loss)
 
@@ -166,13 +169,18 @@ def run(run_dir: Path, cfg: RunConfig, model, tok) -> tuple[dict, object]:
     model = model if cfg.train.full else wrap_lora(model, cfg.train)
     model.train()
     trainable = count_params(model, trainable_only=True)
+    gathered = stage_dir / "gathered" if distributed.sharded() else None  # FSDP / ZeRO-3: the Trainer saves
     model, seconds, loss = fit(model, tok, rows, cfg.train, stage_dir, report_to=cfg.report_to,
-                               run_name=Path(run_dir).resolve().name, log_dir=Path(run_dir) / "logs" / "train")
+                               run_name=Path(run_dir).resolve().name, log_dir=Path(run_dir) / "logs" / "train",
+                               save_dir=gathered)
     if not distributed.is_main():  # every process trained (DDP); the main process saves
         return distributed.others_read(stage_dir, "train"), model
     target = stage_dir / ("model" if cfg.train.full else "adapter")
     with artifacts.atomic_path(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if gathered:
+            shutil.move(gathered, tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
     manifest = artifacts.write_manifest(
         stage_dir, "train", cfg.to_dict(), base_model=cfg.model.name, method="full" if cfg.train.full else "lora",
