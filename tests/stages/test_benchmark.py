@@ -96,7 +96,7 @@ def test_an_unknown_task_name_or_a_missing_task_file_is_refused_up_front(monkeyp
     cfg.evaluate.lm_eval = [str(TASK), "gsm8k"]
     require(cfg)
     cfg.evaluate.lm_eval = ["gsm8"]
-    with pytest.raises(DepthtuneError, match=r"--lm-eval gsm8: lm-eval has no task of that name \(did you mean 'gsm8k'"):
+    with pytest.raises(DepthtuneError, match=r"--lm-eval gsm8: lm-eval has no task of that name \(did you mean"):
         require(cfg)
     cfg.evaluate.lm_eval = ["missing.yaml"]
     with pytest.raises(DepthtuneError, match="--lm-eval missing.yaml: no such task file"):
