@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import artifacts, models, stats
+from .. import artifacts, distributed, models, stats
 from ..config import RunConfig
 from ..errors import DepthtuneError
 
@@ -72,6 +72,9 @@ def require(cfg: RunConfig) -> None:
         return
     if importlib.util.find_spec("lm_eval") is None:
         raise DepthtuneError("--lm-eval needs lm-evaluation-harness: pip install 'lm-eval[hf]' (or drop --lm-eval)")
+    if distributed.world()[1] > 1:  # lm-eval's HF model would split its documents over the launched processes
+        raise DepthtuneError("--lm-eval does not run under accelerate launch yet; drop it here and run "
+                             "`depthtune evaluate --run-dir DIR --lm-eval TASKS` in one process afterwards")
     names = [task for task in cfg.evaluate.lm_eval if _task_file(task) is None]
     if names:
         from lm_eval.tasks import TaskManager

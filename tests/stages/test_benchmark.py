@@ -101,3 +101,6 @@ def test_an_unknown_task_name_or_a_missing_task_file_is_refused_up_front(monkeyp
     cfg.evaluate.lm_eval = ["missing.yaml"]
     with pytest.raises(DepthtuneError, match="--lm-eval missing.yaml: no such task file"):
         require(cfg)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under accelerate launch: refused, with the one-process way
+    with pytest.raises(DepthtuneError, match="does not run under accelerate launch yet"):
+        require(cfg)
