@@ -96,8 +96,9 @@ class LlamaServer:
         self.log_path: Path | None = None
 
     def command(self, binary: str, port: int) -> list[str]:
+        # -lv 1: errors only, so a long run writes no log lines per request
         return [binary, "-m", str(self.gguf), "--host", "127.0.0.1", "--port", str(port), "-np", str(self.parallel),
-                "-c", str(self.ctx), "-t", str(self.threads), "--alias", self.gguf.stem, "--no-webui",
+                "-c", str(self.ctx), "-t", str(self.threads), "--alias", self.gguf.stem, "--no-webui", "-lv", "1",
                 *self.extra_args]
 
     def start(self) -> str:
