@@ -252,6 +252,10 @@ def preflight(cfg: RunConfig, command: str) -> None:
     from .models import require_bitsandbytes
 
     require_bitsandbytes(cfg.model.quantize)
+    if command == "compare" and cfg.model.quantize and not cfg.distill.student:
+        raise DepthtuneError(f"--quantize {cfg.model.quantize} loads the teacher quantised, and a pruned student "
+                             f"would copy those weights; give --student MODEL (loaded in full precision) or drop "
+                             f"--quantize")
     name = cfg.distill.teacher if command in ("compare", "sweep") else cfg.model.name
     distributed.check_placement(command, cfg.model.device_map, choose_backend(cfg.backend.kind, name, cfg.model.device))
     distributed.barrier()

@@ -156,3 +156,10 @@ def test_qlora_on_the_embedded_model(tmp_path):
                           (trained, tok))
     assert not models.is_quantized(merged) and models.count_params(merged) == 134_515_008
     assert (run_dir / m["model_dir"] / "model.safetensors").exists()
+
+
+def test_compare_with_quantize_needs_a_student_of_its_own(tmp_path, q_model_dir, capsys):
+    run_dir = tmp_path / "cmp"
+    assert main(["compare", "--run-dir", str(run_dir), "--teacher", str(q_model_dir), "--quantize", "4bit"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--student" in err and not run_dir.exists()
