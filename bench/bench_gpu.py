@@ -320,8 +320,9 @@ def render(table: list[dict], meta: dict) -> str:
     cols = [("part", "part"), ("model", "model"), ("what", "measured"), ("tokens_per_s", "tokens/s"),
             ("peak_mb_over_model", "peak MiB over model"), ("peak_vram_mb", "peak VRAM MiB"), ("mfu", "MFU %"),
             ("ms_per_step", "ms/step"), ("note", "note")]
-    lines = [f"# bench_gpu: {meta['device']}, torch {meta['torch']}, transformers {meta['transformers']}, "
-             f"bitsandbytes {meta['bitsandbytes']}, {meta['seconds']:.0f} s", "",
+    title = (f"# bench_gpu: {meta['device']}, torch {meta['torch']}, transformers {meta['transformers']}, "
+             f"bitsandbytes {meta['bitsandbytes']}, {meta['seconds']:.0f} s")
+    lines = [title, "",
              "| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in table:
         cells = [r.get(key) for key, _ in cols]
