@@ -5,7 +5,7 @@ from depthtune.config import BackendConfig
 
 
 def backend(url: str, **kw) -> BackendConfig:
-    return BackendConfig(kind="openai", base_url=url, **{"concurrency": 4, "retries": 1, "timeout": 60.0, **kw})
+    return BackendConfig(kind="openai", base_url=url, **{"concurrency": 4, "retries": 2, "timeout": 300.0, **kw})
 
 
 def suite_items(n: int) -> list[dict]:

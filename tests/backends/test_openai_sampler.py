@@ -33,11 +33,16 @@ def chunk(sampler):
     return items, *sampler.sample_chunk(items, k=2, topk=20, **GEN)
 
 
-def test_k_answers_per_prompt_in_local_rows(chunk, tok):
+def test_k_answers_per_prompt_in_local_rows(chunk, tok, tiny_model_dir):
+    from depthtune.backends.local import LocalSampler
+    from depthtune.models import load_model
+
     items, rows, seconds, _ = chunk
+    local, _, _ = LocalSampler(load_model(str(tiny_model_dir)), tok).sample_chunk(items[:1], k=1, **GEN)
     assert [r["sample_id"] for r in rows] == [f"{it['id']}#{j}" for it in items for j in range(2)]
     for r, it in zip(rows, [it for it in items for _ in range(2)]):
-        assert set(r) == ROW_KEYS and r["prompt_ids"] == prompt_ids(tok, it)
+        assert set(r) == set(local[0]) == ROW_KEYS and r["prompt_ids"] == prompt_ids(tok, it)
+        assert {k: type(v) for k, v in r.items()} == {k: type(v) for k, v in local[0].items()}
         assert r["completion"] == tok.decode(r["completion_ids"], skip_special_tokens=True)
         assert len(r["logprobs"]) == len(r["completion_ids"]) and all(lp <= 0 for lp in r["logprobs"])
         assert tok.eos_token_id not in r["completion_ids"]
