@@ -157,11 +157,13 @@ def _adopt(path: Path, mine: Path, n_chunks: int, span: tuple[int, int], wanted:
     """Append to `mine` the finished rows of this block found in other layouts; copy their top-k shards
     under this block's chunk numbers. Rows already in `mine` are kept (a row is the same wherever made)."""
     _, size = world()
+    # this world size's other blocks are disjoint from this one and being written: not sources
+    sources = [(f, rank, n) for f, rank, n in _layouts(path) if f != mine and not (n == size and n > 1)]
+    if not sources:  # the common case: nothing but this process's own file
+        return
     have = {r["sample_id"] for r in artifacts.repair_partial(mine)} if mine.exists() else set()
     new = []
-    for f, rank, n in _layouts(path):
-        if f == mine or (n == size and n > 1):  # this world size's other blocks: disjoint, being written
-            continue
+    for f, rank, n in sources:
         new += [r for r in artifacts.read_jsonl(f, tolerate_torn_tail=True)
                 if r[row_key] in wanted and r["sample_id"] not in have]
         have |= {r["sample_id"] for r in new}
