@@ -82,7 +82,8 @@ class GenerateConfig:
 class ScoreConfig:
     noise: float = 0.3
     """Std of the Gaussian noise on input embeddings, relative to their RMS (basin-escape test)."""
-    batch_size: int = 8
+    batch_size: int = 16
+    """Samples per scoring batch; a prompt's samples go together (they share its cache)."""
     seed: int = 0
     weights: dict[str, float] = field(default_factory=lambda: {
         "entropy_collapse": 0.4, "attention_sparsification": 0.2, "basin_resistance": 0.4})
@@ -304,6 +305,11 @@ def coerce(key: str, value: Any, hint) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 5e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -37,3 +37,12 @@ def test_bad_yaml_names_the_file(tmp_path):
     with pytest.raises(DepthtuneError, match="not valid YAML"):
         load_config(p)
     assert isinstance(RunConfig().to_dict(), dict)
+
+
+def test_typed_keys_take_yaml_numbers_and_refuse_the_rest_in_one_line():
+    assert load_config(None, ["train.learning_rate=5e-3"]).train.learning_rate == 0.005  # YAML reads it as a string
+    assert load_config(None, ["generate.temperature=1"]).generate.temperature == 1.0
+    with pytest.raises(DepthtuneError, match=r"config key 'train.rank' wants an integer, got 'abc'"):
+        load_config(None, ["train.rank=abc"])
+    with pytest.raises(DepthtuneError, match=r"'model' is a section"):
+        load_config(None, ["model=3"])
