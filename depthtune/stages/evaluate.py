@@ -114,8 +114,11 @@ def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=pr
     e = cfg.evaluate
     log(f"evaluate[{which}]: {len(items)} held-out prompts")
     caps = "--max-eval-prompts N or --set evaluate.max_new_tokens=N"
+    sampler = sampler or LocalSampler(model, tok, cfg.data.template)
+    if isinstance(sampler, LocalSampler):  # untimed warm-up: the first call pays for kernels and caches
+        sampler.sample_chunk(items[:1], k=1, temperature=0.0, top_p=1.0, max_new_tokens=2, seed=0, system_prompt=None)
     with PeakMemory(model) as mem:
-        rows, secs = sample_shared(sampler or LocalSampler(model, tok, cfg.data.template), items,
+        rows, secs = sample_shared(sampler, items,
                                    stage_dir / f"{which}.samples.partial.jsonl", k=1,
                                    temperature=e.temperature, top_p=cfg.generate.top_p,
                                    max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=e.seed,
