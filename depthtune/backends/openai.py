@@ -8,7 +8,8 @@ exponential backoff (`backend.retries`). Each request's seed derives from (chunk
 index), so a chunk redone after a crash asks for the same answers; servers that honour seeds
 (llama.cpp, vLLM) give them back.
 
-Prompts: endpoint=completions sends the text of the local chat template's token ids, special tokens
+Prompts: endpoint=completions sends the text of the local prompt ids (data.template: the chat template
+or the raw text, as LocalSampler reads them), special tokens
 spelled out, which llama.cpp and vLLM tokenise back to the same ids (tests check it on llama.cpp);
 endpoint=chat sends the messages and lets the server template them (hosted chat APIs). Rows keep the
 local prompt ids either way, for the score stage.
@@ -43,7 +44,7 @@ import openai
 import torch
 
 from ..errors import DepthtuneError
-from ..prompting import prompt_ids
+from ..prompting import prompt_ids, resolve_template
 from . import completion_row
 from .vocab import Step, TokenMap, parse_steps
 
@@ -84,8 +85,12 @@ def server_says(e: openai.APIStatusError) -> str:
 class OpenAISampler:
     """Answers from an OpenAI-compatible server; the same rows and top-k rows as LocalSampler."""
 
-    def __init__(self, cfg, tok, log=print):
+    def __init__(self, cfg, tok, log=print, template: str = "auto"):
         self.cfg, self.tok, self.log = cfg, tok, log
+        self.template = resolve_template(tok, template)  # chat or raw, as LocalSampler's
+        if self.template == "raw" and cfg.endpoint == "chat":
+            raise DepthtuneError("--template raw sends the prompt text as given, which the chat endpoint cannot "
+                                 "(the server applies its chat template); use --set backend.endpoint=completions")
         self.name = cfg.kind if cfg.kind in ("openai", "llama-server") else "openai"
         self.url = cfg.base_url
         self.client = openai.OpenAI(base_url=cfg.base_url, api_key=api_key(cfg.api_key_env), timeout=cfg.timeout,
@@ -221,7 +226,7 @@ class OpenAISampler:
     def sample_chunk(self, items: list[dict], *, k: int, temperature: float, top_p: float, max_new_tokens: int,
                      seed: int, system_prompt: str | None, topk: int = 0) -> tuple[list[dict], float, list]:
         """k completions per item -> (rows, wall seconds, per-row (ids [n, topk], logp [n, topk]) when topk > 0)."""
-        ids = [prompt_ids(self.tok, it, system_prompt) for it in items]
+        ids = [prompt_ids(self.tok, it, system_prompt, self.template) for it in items]
         prompts = [self._prompt(p, it, system_prompt) for p, it in zip(ids, items)]
         depth = self._depth(prompts[0], topk) if topk else 0
         start = time.perf_counter()

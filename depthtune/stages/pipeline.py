@@ -67,7 +67,8 @@ class Session:
                 b = dataclasses.replace(b, base_url=self._server.start())
             from ..backends.openai import OpenAISampler
 
-            self._remote = OpenAISampler(dataclasses.replace(b, kind=kind), self.tokenizer(), log=self.log)
+            self._remote = OpenAISampler(dataclasses.replace(b, kind=kind), self.tokenizer(), log=self.log,
+                                         template=self.cfg.data.template)
         return self._remote
 
     def close(self) -> None:

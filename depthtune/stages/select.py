@@ -107,7 +107,12 @@ def explain_small(rows: list[dict], cfg: SelectConfig, kept: int) -> str:
         return (head + f"none is one of the {what}{tail}; try more samples (--k), a larger generate.max_new_tokens "
                 f"when answers are cut off, or --set select.require_correct=false")
     fixes = []
-    if cfg.selector == "cdm" and cfg.keep is None:
+    if kept >= len(pool):
+        head += f"only {len(pool)} of the {len(rows)} samples are {what}{tail}; "
+        fixes.append("more samples (--k) or more prompts")
+        if dropped:
+            fixes.append("a larger generate.max_new_tokens when answers are cut off")
+    elif cfg.selector == "cdm" and cfg.keep is None:
         scores = [r["cdm"] for r in pool if r.get("cdm") is not None]
         q = [round(quantile(scores, x), 1) for x in (0, 0.25, 0.5, 0.75, 0.9, 1)]
         head += (f"threshold {cfg.threshold:g} is above all but {kept} of {len(pool)} {what} (CDM min {q[0]}, "
@@ -116,7 +121,8 @@ def explain_small(rows: list[dict], cfg: SelectConfig, kept: int) -> str:
         if need <= len(scores):
             fixes.append(f"--threshold {int(line * 10) / 10:.1f} would keep about {need}")
         fixes.append(f"--threshold {q[4]} would keep about 10%")
-        fixes.append(f"--keep {need} keeps the {need} deepest")
+        if need <= len(pool):
+            fixes.append(f"--keep {need} keeps the {need} deepest")
     else:
         head += f"only {len(pool)} {what}{tail}; "
         fixes.append("more samples (--k) or more prompts")

@@ -155,3 +155,20 @@ def test_the_chat_endpoint_gives_the_same_kind_of_rows(server, tok, tmp_path):
     check_matches(load_cache(tmp_path), rows)
     assert all(r["completion_ids"] and len(r["logprobs"]) == len(r["completion_ids"]) for r in rows)
     assert rows[0]["completion_ids"] == rows[1]["completion_ids"]  # greedy: both samples agree
+
+
+def test_raw_template_sends_the_prompt_text_as_given(server, tok):
+    """data.template=raw reaches the server too: the rows' prompt ids are the plain text's, no chat turns."""
+    s = OpenAISampler(backend(server.url), tok, log=lambda *_: None, template="raw")
+    try:
+        items = suite_items(2)
+        rows, _, _ = s.sample_chunk(items, k=1, **GEN)
+    finally:
+        s.close()
+    assert [r["prompt_ids"] for r in rows] == [list(tok(it["prompt"])["input_ids"]) for it in items]
+    assert all(r["prompt_ids"] != prompt_ids(tok, it, None, "chat") for r, it in zip(rows, items))
+
+
+def test_raw_template_on_the_chat_endpoint_is_refused(server, tok):
+    with pytest.raises(DepthtuneError, match="endpoint=completions"):
+        OpenAISampler(backend(server.url, endpoint="chat"), tok, log=lambda *_: None, template="raw")
