@@ -164,7 +164,7 @@ def main() -> None:
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             results.append(json.loads(out))
             print(f"  {which} {variant}: {results[-1]}", file=sys.stderr)
-    print(f"\n| model (vocab, layers) | batch x new tokens | sampler | tokens/s | peak memory MB | device |")
+    print("\n| model (vocab, layers) | batch x new tokens | sampler | tokens/s | peak memory MB | device |")
     print("|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['model']} ({r['vocab']:,}, {r['layers']}) | {r['batch']} x {r['new_tokens']} | {r['variant']} | "
