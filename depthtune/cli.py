@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "compare":  # compare names its models and CDM line with --teacher, --student and distill.*
             p.add_argument("--model", help="HF model id, model directory or .gguf file (default: embedded SmolLM2)")
             p.add_argument("--k", type=int, help="samples per training prompt")
-            p.add_argument("--threshold", type=float, help="CDM line for selection, 0-100 (default 80)")
+            p.add_argument("--threshold", type=float, help="CDM line for selection, 0-100 (default 75)")
             p.add_argument("--rank", type=int, help="LoRA rank")
             p.add_argument("--epochs", type=float)
             p.add_argument("--full", action="store_true", default=None, help="full fine-tuning instead of LoRA")

@@ -91,8 +91,9 @@ class ScoreConfig:
 
 @dataclass
 class SelectConfig:
-    threshold: float = 80.0
-    """Keep samples with CDM >= threshold (0-100); used by the cdm selector."""
+    threshold: float = 75.0
+    """Keep samples with CDM >= threshold (0-100); used by the cdm selector. 75: about the deepest tenth of the
+    embedded model's samples on the length-fair scale (the seeds' 80 was on the older, length-biased one)."""
     require_correct: bool = True
     """Where references exist, keep only correct samples."""
     selector: str = "cdm"
@@ -192,8 +193,8 @@ class EvaluateConfig:
     temperature: float = 0.0
     """0 = greedy decoding (the model's default behaviour)."""
     batch_size: int = 16
-    deep_line: float = 78.0
-    """A held-out sample with CDM >= deep_line counts as deep (deep_rate)."""
+    deep_line: float = 75.0
+    """A held-out sample with CDM >= deep_line counts as deep (deep_rate); the selection line by default."""
     seed: int = 0
     lm_eval: list[str] | None = None
     """lm-evaluation-harness tasks run on the base and the tuned model (e.g. [gsm8k, arc_easy], or a
@@ -239,7 +240,7 @@ class AblateConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Training seeds per selector (the random selector also draws its samples with it)."""
     keep: int | None = None
-    """Samples each selector keeps; None = the size of the smallest selector's pool."""
+    """Samples each selector keeps; None = what the cdm selector keeps at select.threshold (the default run's selection)."""
 
 
 @dataclass

@@ -6,7 +6,7 @@ from depthtune.errors import DepthtuneError
 
 def test_defaults_are_valid_and_round_trip(tmp_path):
     cfg = load_config()
-    assert cfg.select.threshold == 80 and cfg.evaluate.deep_line == 78
+    assert cfg.select.threshold == 75 and cfg.evaluate.deep_line == 75
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
