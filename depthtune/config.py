@@ -381,7 +381,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not ok:
             raise DepthtuneError(msg)
 
-    need(0 <= cfg.select.threshold <= 100, f"threshold {cfg.select.threshold} is outside 0-100; pick a CDM line such as 80")
+    need(0 <= cfg.select.threshold <= 100, f"threshold {cfg.select.threshold} is outside 0-100; pick a CDM line such as 75")
     need(0 <= cfg.evaluate.deep_line <= 100, f"deep line {cfg.evaluate.deep_line} is outside 0-100")
     need(cfg.generate.k >= 1, "generate.k must be at least 1")
     need(cfg.generate.temperature > 0, "generate.temperature must be > 0 (sampling needs it); use evaluate for greedy")

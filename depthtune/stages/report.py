@@ -122,6 +122,14 @@ def by_suite(rows: list[dict]) -> dict:
     return {k: round(sum(v) / len(v), 4) for k, v in sorted(out.items())}
 
 
+def at_line(summary: dict, rows: list[dict], deep_line: float) -> dict:
+    """The summary with its deep rate recounted at the report's line: base and tuned may have been
+    evaluated under different evaluate.deep_line settings (a resumed run), and must share one line."""
+    if summary.get("deep_rate") is None or not rows or any(r.get("cdm") is None for r in rows):
+        return summary
+    return {**summary, "deep_rate": round(sum(r["cdm"] >= deep_line for r in rows) / len(rows), 4)}
+
+
 def collect(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     ev = artifacts.read_manifest(run_dir / "evaluate", "evaluate")
@@ -139,7 +147,7 @@ def collect(run_dir: Path) -> dict:
     return {
         "model": tr["base_model"] or "embedded SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)",
         "machine": machine(), "backend": gen.get("backend", "local"), "template": template_used(cfg, gen),
-        "before": ev["base"], "after": ev["tuned"],
+        "before": at_line(ev["base"], base_rows, deep_line), "after": at_line(ev["tuned"], tuned_rows, deep_line),
         "deltas": deltas(base_rows, tuned_rows, deep_line),
         "selection": {"total": sel["total"], "kept": sel["kept"], "threshold": sel["threshold"],
                       "selector": sel.get("selector", "cdm"), "prompts_with_kept": sel["prompts_with_kept"],
