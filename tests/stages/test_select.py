@@ -89,3 +89,14 @@ def test_a_selection_below_the_minimum_names_the_settings_that_would_keep_enough
     assert msg.startswith("selection kept 2 of 30 samples, fewer than select.min_kept = 16")
     assert "--threshold 74.0 would keep about 16" in msg and "--keep 16" in msg
     assert len(select(rows, SelectConfig(threshold=74.0))[0]) == 16
+
+
+def test_a_small_pool_is_blamed_on_the_pool_not_the_threshold():
+    """Every eligible sample passed the line; the cut-off ones were the problem (the CI case)."""
+    rows = [row("p", 0, 79.7)] + [row("p", i, 70.0, degenerate=["unfinished"]) for i in range(1, 6)]
+    cfg = SelectConfig(threshold=0, min_kept=16)
+    kept, _ = select(rows, cfg)
+    msg = explain_small(rows, cfg, len(kept))
+    assert "only 1 of the 6 samples are correct, non-degenerate samples (5 degenerate samples were left out: " \
+           "5 unfinished)" in msg
+    assert "threshold" not in msg and "--keep" not in msg and "generate.max_new_tokens" in msg
