@@ -40,8 +40,10 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 
 def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """[N, K] x2 -> [N]: KL(p || q) from log-probs. Outcomes p gives no mass add 0 (also when q gives
-    none either, where logp - logq would be NaN); q giving no mass where p does gives +inf, the true value.
-    The `where` keeps NaN out of the gradient too (0 * NaN in the product's backward)."""
+    none either, where logp - logq would be NaN); q giving no mass where p does gives +inf, the true value,
+    and its gradient is not finite (reverse KL against a teacher that masks logits to -inf: only such
+    teachers can hit it; cached teachers store finite log-softmax values). The `where` keeps NaN out of
+    the gradient of the zero-mass terms (0 * NaN in the product's backward)."""
     gap = torch.where(torch.isneginf(logp), torch.zeros_like(logp), logp - logq)
     return (logp.exp() * gap).sum(-1)
 
