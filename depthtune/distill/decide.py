@@ -114,7 +114,7 @@ def decide(m: dict, scores: dict[str, list[float]]) -> list[str]:
                  f"({math.ceil(per_day / 86400) if per_day else 0} machine(s) like this one).")
     lines.append("Distillation is not worth doing when the teacher-student gap is small, when the student trained "
                  "alone already closes it, or when the gain's interval over held-out prompts includes zero; "
-                 + ("here the gain's interval lies above zero." if helps else "here it does not."))
+                 + ("here the gain's interval lies above zero." if helps else "here it includes zero, so it is not worth doing."))
     return lines
 
 
