@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from depthtune import losses  # noqa: E402
+from depthtune.distill import losses  # noqa: E402
 
 
 def loss_worker(variant: str, n: int, v: int, d: int, chunk: int) -> dict:
