@@ -210,8 +210,12 @@ def _drop_rank_files(path: Path) -> None:
             if not any(f.parent.iterdir()):
                 f.parent.rmdir()
     ranks = path.parent / RANKS
-    if ranks.is_dir() and not any(ranks.iterdir()):
-        ranks.rmdir()
+    if ranks.is_dir():  # a process killed before its first row leaves only its empty folder
+        for d in ranks.iterdir():
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        if not any(ranks.iterdir()):
+            ranks.rmdir()
 
 
 def split_work(path: Path, units: list[dict], work: Callable[[list[dict], Path, int], list[dict]], *,
