@@ -207,10 +207,8 @@ def _drop_rank_files(path: Path) -> None:
         if n > 1:
             f.unlink(missing_ok=True)
             shutil.rmtree(f.parent / "topk", ignore_errors=True)
-            if not any(f.parent.iterdir()):
-                f.parent.rmdir()
     ranks = path.parent / RANKS
-    if ranks.is_dir():  # a process killed before its first row leaves only its empty folder
+    if ranks.is_dir():  # emptied folders, and that of a process killed before its first row
         for d in ranks.iterdir():
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()

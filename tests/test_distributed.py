@@ -43,25 +43,6 @@ def launch(args: list[str], processes: int = 2, **env) -> subprocess.CompletedPr
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
-def wait_for_workers_of(run_dir: Path, timeout: float = 60.0) -> None:
-    """After a killed launch, wait until no worker of it is left: accelerate returns when one rank dies,
-    and another rank may still be exiting (and touching its ranks/ folder) for a moment."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = []
-        for proc in Path("/proc").iterdir():
-            try:
-                if proc.name.isdigit() and str(run_dir).encode() in (proc / "cmdline").read_bytes():
-                    alive.append(proc.name)
-            except OSError:
-                continue
-        if not alive:
-            return
-        time.sleep(0.2)
-
-
 def samples(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "gen_seconds"} for r in artifacts.read_jsonl(path)]
 
@@ -117,7 +98,6 @@ def test_a_killed_two_process_run_resumes(tiny_model_dir, one, tmp_path):
     run_dir = tmp_path / "run"
     args = ["generate", "--run-dir", str(run_dir), "--model", str(tiny_model_dir), *COMMON]
     out = launch(args, KILL_RANK="1", KILL_AFTER="1")
-    wait_for_workers_of(run_dir)
     assert out.returncode != 0 and not artifacts.is_done(run_dir / "generate")
     partial = run_dir / "generate" / "ranks" / "1-of-2" / "samples.partial.jsonl"
     assert len(artifacts.read_jsonl(partial)) == 4  # one chunk of 2 prompts x 2 samples, kept
@@ -131,7 +111,6 @@ def test_a_run_killed_under_two_processes_resumes_in_one(tiny_model_dir, one, tm
     run_dir = tmp_path / "run"
     args = ["generate", "--run-dir", str(run_dir), "--model", str(tiny_model_dir), *COMMON]
     assert launch(args, KILL_RANK="0", KILL_AFTER="2").returncode != 0
-    wait_for_workers_of(run_dir)
     assert list((run_dir / "generate" / "ranks").glob("*-of-2/samples.partial.jsonl"))
     assert main(args) == 0  # one process adopts both blocks' finished chunks and samples the rest
     assert samples(run_dir / "generate" / "samples.jsonl") == samples(one / "generate" / "samples.jsonl")
