@@ -76,6 +76,11 @@ class PeakMemory:
             self.mb = self.weights_mb + max(0.0, self.peak - self.start)
 
 
+def deep_rate(rows: list[dict], deep_line: float) -> float:
+    """Share of rows with CDM >= deep_line."""
+    return round(sum(r["cdm"] >= deep_line for r in rows) / max(1, len(rows)), 4)
+
+
 def summarise(rows: list[dict], gen_seconds: float, peak_mb: float, deep_line: float) -> dict:
     n = max(1, len(rows))
     tokens = sum(len(r["completion_ids"]) for r in rows)
@@ -84,7 +89,7 @@ def summarise(rows: list[dict], gen_seconds: float, peak_mb: float, deep_line: f
     return {
         "samples": len(rows),
         "mean_cdm": round(sum(r["cdm"] for r in rows) / n, 3) if scored else None,
-        "deep_rate": round(sum(r["cdm"] >= deep_line for r in rows) / n, 4) if scored else None,
+        "deep_rate": deep_rate(rows, deep_line) if scored else None,
         "accuracy": round(sum(judged) / len(judged), 4) if judged else None,
         "mean_completion_tokens": round(tokens / n, 2),
         "ms_per_token": round(1000 * gen_seconds / max(1, tokens), 3) if gen_seconds else None,

@@ -18,7 +18,7 @@ import torch
 
 from .. import artifacts, htmlpage, stats
 from ..cdm import PARTS
-from . import benchmark
+from . import benchmark, evaluate
 
 ROWS = [("mean_cdm", "Mean CDM", "{:.1f}"), ("deep_rate", "Deep rate (CDM >= {line:g})", "{:.0%}"),
         ("accuracy", "Accuracy", "{:.0%}"), ("mean_completion_tokens", "Mean answer tokens", "{:.1f}"),
@@ -127,7 +127,7 @@ def at_line(summary: dict, rows: list[dict], deep_line: float) -> dict:
     evaluated under different evaluate.deep_line settings (a resumed run), and must share one line."""
     if summary.get("deep_rate") is None or not rows or any(r.get("cdm") is None for r in rows):
         return summary
-    return {**summary, "deep_rate": round(sum(r["cdm"] >= deep_line for r in rows) / len(rows), 4)}
+    return {**summary, "deep_rate": evaluate.deep_rate(rows, deep_line)}
 
 
 def collect(run_dir: Path) -> dict:
