@@ -22,7 +22,6 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
 import time
 
 QWEN_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
@@ -30,40 +29,11 @@ QWEN_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_
                 tie_word_embeddings=True, rms_norm_eps=1e-6)
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+def Peak():
+    """Peak memory over the loaded model (depthtune.memory): the CUDA allocator's, or resident memory on CPU."""
+    from depthtune.memory import PeakMemory
 
-
-class Peak:
-    def __enter__(self):
-        import ctypes
-        import gc
-
-        import torch
-
-        gc.collect()
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        self.cuda = torch.cuda.is_available()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated() / 2**20
-        self.start_rss = self.peak = rss_mb()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.watch, daemon=True)
-        self.thread.start()
-        return self
-
-    def watch(self):
-        while not self.stop.wait(0.01):
-            self.peak = max(self.peak, rss_mb())
-
-    def __exit__(self, *exc):
-        import torch
-
-        self.stop.set()
-        self.thread.join()
-        self.mb = (torch.cuda.max_memory_allocated() / 2**20 - self.start) if self.cuda else self.peak - self.start_rss
+    return PeakMemory(over_start=True)
 
 
 def load(which: str, tiny: bool):

@@ -72,23 +72,23 @@ def sync():
 
 
 class Peak:
-    """Peak memory of a block over what was allocated when it began (CUDA allocator), in MiB; on CPU
-    (--tiny) the resident-set high-water mark is not per block, so it reports 0."""
+    """Wall time and peak memory of a block (depthtune.memory.PeakMemory over what was allocated when it
+    began), plus the CUDA allocator's whole peak (total_mb; 0 on CPU)."""
 
     def __enter__(self):
+        from depthtune.memory import PeakMemory
+
         sync()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
+        self.mem = PeakMemory(over_start=True).__enter__()
         self.t = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         sync()
         self.seconds = time.perf_counter() - self.t
-        cuda = torch.cuda.is_available()
-        self.total_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
-        self.mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20 if cuda else 0.0
+        self.mem.__exit__(*exc)
+        self.mb = self.mem.mb
+        self.total_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
 
 
 def config(name: str, tiny: bool):

@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     args = ap.parse_args()
-    from depthtune.stages.report import machine
+    from depthtune.reporting import machine
 
     print(f"machine: {machine()}")
     print(f"KD loss forward+backward, batch x tokens = {args.tokens}, vocabulary {args.vocab}, hidden {args.hidden}")

@@ -4,7 +4,7 @@ by side in one run. Peak memory and step time, through depthtune's own training 
     python bench/bench_qlora.py                  # CPU: fp32 base vs 4-bit base (+ activation checkpointing)
     python bench/bench_qlora.py --steps 4 --batch 4 --tokens 64     # quicker
 
-Memory is the project's measure (depthtune.stages.evaluate.PeakMemory): the model's weights (parameters
+Memory is the project's measure (depthtune.memory.PeakMemory): the model's weights (parameters
 and buffers: 4-bit ones at their packed size) plus the peak growth of resident memory during training
 over its start, sampled every 20 ms; on a GPU, the CUDA allocator's peak. Each variant runs in its own
 process. Step time is the mean of the steps after the first two (warm-up). Random token ids as data: the
@@ -31,7 +31,7 @@ def one(variant: str, steps: int, batch: int, tokens: int) -> dict:
 
     from depthtune import models
     from depthtune.config import TrainConfig
-    from depthtune.stages.evaluate import PeakMemory
+    from depthtune.memory import PeakMemory
     from depthtune.stages.train import fit, wrap_lora
 
     models.quiet()

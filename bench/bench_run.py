@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from depthtune import artifacts  # noqa: E402
 from depthtune.cli import build_parser, print_table, resolve_config  # noqa: E402
 from depthtune.models import quiet  # noqa: E402
+from depthtune.reporting import machine  # noqa: E402
 from depthtune.stages.pipeline import run_all  # noqa: E402
-from depthtune.stages.report import machine  # noqa: E402
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,20 +31,13 @@ LLAMA_32_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, 
                                     "rope_theta": 500000.0})
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
-
 def one(variant: str, tokens: int, layers: int | None) -> dict:
     """In its own process: build the model, run one attention pass, report the peak over the model."""
-    import ctypes
-    import gc
-
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from depthtune import cdm
+    from depthtune.memory import PeakMemory
     from depthtune.stages.score import SparsityMeter, attention
 
     cuda = torch.cuda.is_available()
@@ -58,22 +50,7 @@ def one(variant: str, tokens: int, layers: int | None) -> dict:
     torch.set_default_dtype(torch.float32)  # the statistic accumulates in fp32, as in the score stage
     ids = torch.randint(3, cfg.vocab_size, (1, tokens), device=device)
     mask = torch.ones(1, tokens, dtype=torch.long, device=device)
-    gc.collect()
-    if not cuda:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    peak = {"rss": rss_mb()}
-    start_rss, stop = peak["rss"], threading.Event()
-
-    def watch():
-        while not stop.wait(0.005):
-            peak["rss"] = max(peak["rss"], rss_mb())
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+    mem = PeakMemory(over_start=True, device=device).__enter__()
     t = time.perf_counter()
     with torch.no_grad(), attention(model, "eager"):
         if variant == "before":
@@ -83,11 +60,8 @@ def one(variant: str, tokens: int, layers: int | None) -> dict:
             with SparsityMeter(model, mask, mask.bool()) as meter:
                 model.model(input_ids=ids, attention_mask=mask)
             s = meter.sum
-    if cuda:
-        torch.cuda.synchronize()
-    stop.set()
-    thread.join()
-    mb = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else peak["rss"] - start_rss
+    mem.__exit__(None, None, None)
+    mb = mem.mb
     head = cfg.num_attention_heads * tokens * tokens * 2 / 2**20  # one layer's bf16 weights, MiB
     return {"variant": variant, "device": torch.cuda.get_device_name() if cuda else "cpu", "tokens": tokens,
             "layers": cfg.num_hidden_layers, "peak_mb_over_model": round(mb), "one_layer_attention_mb": round(head),

@@ -77,14 +77,83 @@ def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def repair_partial(path: Path) -> list[dict]:
-    """Load a partial JSONL, drop a torn last line, rewrite it clean; [] if missing."""
+def repair_partial(path: Path, key: str = "sample_id") -> list[dict]:
+    """Load a partial JSONL, drop a torn last line and rows whose `key` repeats an earlier one (two processes
+    that once wrote the same chunk), rewrite it clean; [] if missing."""
     path = Path(path)
     if not path.exists():
         return []
-    rows = read_jsonl(path, tolerate_torn_tail=True)
+    rows, seen = [], set()
+    for r in read_jsonl(path, tolerate_torn_tail=True):
+        if r.get(key) not in seen:
+            seen.add(r.get(key))
+            rows.append(r)
     write_jsonl(path, rows)
     return rows
+
+
+class Busy(DepthtuneError):
+    """Another process holds the directory's lock."""
+
+
+class DirLock:
+    """An exclusive lock on a run (or sweep, ablation, cell) directory for as long as a command works in it.
+
+    fcntl.flock on <dir>/.lock, which the kernel releases when the holder dies however it dies, so a lock
+    left by a killed process is simply taken over (and said so); the holder's PID is written in the file
+    for the message a second process gets. A directory this lock made and nothing else wrote in is
+    removed again on release, so a command refused before any work leaves nothing behind.
+    """
+
+    def __init__(self, folder: Path, log=print, what: str = "run directory"):
+        self.folder, self.log, self.what = Path(folder), log, what
+        self.path = self.folder / ".lock"
+        self.handle = None
+        self.made = False
+
+    def __enter__(self):
+        import fcntl
+
+        if self.folder.exists() and not self.folder.is_dir():
+            raise DepthtuneError(f"{self.what} {self.folder} is a file, not a directory; give a directory path")
+        self.made = not self.folder.exists()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a+")
+        except OSError as e:
+            self._cleanup()
+            raise DepthtuneError(f"cannot write in {self.what} {self.folder} ({e.strerror}); give a "
+                                 f"directory you can write to") from None
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            raise Busy(f"{self.what} {self.folder} is in use by another depthtune process (PID {holder}); wait "
+                       f"for it to finish or stop it, or use another directory") from None
+        self.handle.seek(0)
+        before = self.handle.read().strip()
+        if before and before != str(os.getpid()):
+            self.log(f"note: {self.folder} was left locked by PID {before}, which is no longer running; taking over")
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+        return self
+
+    def _cleanup(self) -> None:
+        if self.made and self.folder.is_dir() and {p.name for p in self.folder.iterdir()} <= {".lock"}:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.seek(0)
+            self.handle.truncate()  # released cleanly: no holder to name
+            self.handle.close()  # closing releases the flock
+            self.handle = None
+        self._cleanup()
+        return False
 
 
 def manifest_path(stage_dir: Path) -> Path:

@@ -6,9 +6,6 @@ so each artifact carries the settings it was made with.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,8 @@ from typing import Any
 import yaml
 
 from .errors import DepthtuneError
+from .selectors import SELECTORS
+from .typedconfig import from_dict, locate, parse_override, set_key, suggest  # noqa: F401 (the config's API)
 
 
 @dataclass
@@ -44,7 +43,8 @@ class DataConfig:
     answer_field: str | None = "answer"
     """Column holding the reference answer; optional, a missing column means no answers."""
     checker: str = "auto"
-    """auto (numeric when the reference is a number, else exact), numeric, exact or contains."""
+    """auto (numeric when the reference is a number, else exact), numeric, exact, contains, or your own
+    verifier as module:function (see depthtune.verifiers)."""
     eval_path: str | None = None
     """Held-out prompts in a separate file; None = split `eval_fraction` off `path`."""
     eval_fraction: float = 0.25
@@ -70,12 +70,19 @@ class GenerateConfig:
     """Samples per training prompt."""
     temperature: float = 0.8
     top_p: float = 0.95
-    max_new_tokens: int = 48
-    batch_size: int = 32
-    """Sequences per generation batch (prompts x k)."""
+    max_new_tokens: int = 128
+    """Token limit of an answer. 128: the embedded model's sampled answers to the built-in suites end by
+    themselves at a median of 24 tokens and 94% of them within 128 (docs/results.md)."""
+    batch_size: int = 64
+    """Sequences decoding together in this process (continuous batching: a finished answer's place goes to
+    the next); a chunk of 4 x batch_size sequences is the unit a resumed run starts again from."""
     seed: int = 0
+    """Every sample's seed derives from (seed, prompt id, sample index): the same samples however they are batched."""
     topk: int = 0
     """Store the model's top-k next-token log-probs per generated token (cached teacher); 0 = off."""
+    topk_taus: list[float] = field(default_factory=lambda: [1.0])
+    """Temperatures at which a cached teacher is exact: per token and temperature the tail's tempered
+    log-mass is kept beside the top-k (compare and sweep set the distillation temperature here)."""
 
 
 @dataclass
@@ -85,32 +92,38 @@ class ScoreConfig:
     batch_size: int = 16
     """Samples per scoring batch; a prompt's samples go together (they share its cache)."""
     seed: int = 0
+    cdm: bool = True
+    """Compute CDM and its parts (two forward passes per sample); off, the stage only judges answers, counts
+    majority votes and flags degenerate samples, and the mean log-prob comes from the sampler."""
     weights: dict[str, float] = field(default_factory=lambda: {
         "entropy_collapse": 0.4, "attention_sparsification": 0.2, "basin_resistance": 0.4})
 
 
 @dataclass
 class SelectConfig:
-    threshold: float = 75.0
-    """Keep samples with CDM >= threshold (0-100); used by the cdm selector. 75: about the deepest tenth of the
-    embedded model's samples on the length-fair scale (the seeds' 80 was on the older, length-biased one)."""
+    threshold: float | None = None
+    """An absolute line on the selector's score (CDM 0-100; a mean log-prob): keep the eligible samples at or
+    above it. None = the relative line, top_share."""
+    top_share: float = 0.5
+    """The relative line: keep the best share of the eligible samples by the selector's score (at least
+    min_kept of them). The filters (correct, majority, random) keep every eligible sample."""
     require_correct: bool = True
-    """Where references exist, keep only correct samples."""
+    """Where references exist, keep only correct samples; false selects without labels (they are then used
+    for evaluation only)."""
     selector: str = "cdm"
-    """How samples are ranked and kept: cdm (CDM >= threshold), correct (correctness only: rejection
-    sampling, as in STaR / RFT), random, logprob (mean token log-prob), or one CDM part alone
-    (entropy_collapse, attention_sparsification, basin_resistance)."""
+    """How samples are ranked and kept: correct, majority, majority_cdm, cdm, logprob, random, or one CDM part
+    alone (depthtune.stages.select lists what each does)."""
     keep: int | None = None
-    """Keep exactly this many samples, the best by the selector's score (random: a seeded draw);
-    None = everything that passes (cdm: the threshold)."""
+    """Keep exactly this many samples, the best by the selector's score (correct, random: a seeded draw);
+    None = the line (threshold or top_share)."""
     max_per_prompt: int | None = None
     dedup: bool = True
     """Drop samples whose completion text repeats another kept one for the same prompt."""
     exclude_degenerate: bool = True
     """Drop samples flagged degenerate by the score stage (repetition loop, unfinished, prompt echo)."""
     min_kept: int = 16
-    """A selection smaller than this refuses to train (and names a setting that would keep enough);
-    0 turns the check off."""
+    """The least a selection trains on: the relative line keeps at least this many, and a pool of eligible
+    samples smaller than this refuses to train (naming a setting that would keep enough); 0 turns it off."""
     seed: int = 0
     """Seed of the random selector."""
 
@@ -161,13 +174,14 @@ class DistillConfig:
     """Teacher log-probs cached per token when not online."""
     chunk: int = 512
     """Tokens per chunk of the loss (memory vs speed)."""
-    threshold: float = 0.0
-    """CDM line for the teacher's samples used as targets (0 = the correctness filter alone)."""
-    k: int = 4
-    """Teacher samples per training prompt."""
-    learning_rate: float = 1e-4
-    """Learning rate of both trained students (alone and distilled, so they stay comparable); a pruned
-    student needs more than the 2e-5 usual for full fine-tuning to heal."""
+    generate: dict = field(default_factory=lambda: {"k": 4})
+    """Overrides of the generate section for the teacher's samples, e.g. {k: 4, max_new_tokens: 128}."""
+    select: dict = field(default_factory=lambda: {"selector": "correct"})
+    """Overrides of the select section for the teacher's samples used as targets (default: every correct,
+    non-degenerate one)."""
+    train: dict = field(default_factory=lambda: {"learning_rate": 1e-4})
+    """Overrides of the train section for both trained students (alone and distilled, so they stay
+    comparable); a pruned student needs more than the 2e-5 usual for full fine-tuning to heal."""
     targets: str = "answers"
     """answers (sequence-level), cot (rationale + answer), answer_only or step_by_step; see depthtune.distill.targets."""
     curriculum: str = "none"
@@ -189,12 +203,14 @@ class DistillConfig:
 
 @dataclass
 class EvaluateConfig:
-    max_new_tokens: int = 48
+    max_new_tokens: int = 128
     temperature: float = 0.0
     """0 = greedy decoding (the model's default behaviour)."""
-    batch_size: int = 16
+    batch_size: int = 64
     deep_line: float = 75.0
-    """A held-out sample with CDM >= deep_line counts as deep (deep_rate); the selection line by default."""
+    """A held-out answer with CDM >= deep_line counts as deep (deep_rate)."""
+    cdm: bool = True
+    """Score the held-out answers with CDM (two forward passes each): the report's depth rows."""
     seed: int = 0
     lm_eval: list[str] | None = None
     """lm-evaluation-harness tasks run on the base and the tuned model (e.g. [gsm8k, arc_easy], or a
@@ -212,8 +228,9 @@ class BackendConfig:
     when llama-server is installed (2-3x faster there), else local; the generate manifest records which
     ran. Evaluation stays in this process for the base and the tuned model alike unless `evaluate` is
     set, so before and after are measured the same way."""
-    base_url: str | None = None
-    """The server's address, e.g. http://127.0.0.1:8000/v1 (openai)."""
+    base_url: str | list[str] | None = None
+    """The server's address, e.g. http://127.0.0.1:8000/v1 (openai), or a list of replicas' addresses:
+    requests are spread over the healthy ones."""
     model: str | None = None
     """The model's name on the server; None = the server's only model."""
     api_key_env: str | None = None
@@ -233,14 +250,30 @@ class BackendConfig:
 
 
 @dataclass
+class RoundsConfig:
+    n: int = 1
+    """Rounds of sample -> select -> train (--rounds N); round r samples from round r - 1's tuned model."""
+    mode: str = "restart"
+    """restart: every round trains a fresh adapter on the base, on that round's samples (ReST-EM);
+    continue: every round trains on the model the round before tuned (iterated fine-tuning)."""
+    margin: float = 0.0
+    """Stop early when a round's gain over the round before has a 95% interval entirely below this many
+    points of held-out accuracy (0: stop when it is shown to make the model worse)."""
+
+
+@dataclass
 class AblateConfig:
-    selectors: list[str] = field(default_factory=lambda: ["cdm", "correct", "random", "logprob", "entropy_collapse",
-                                                          "attention_sparsification", "basin_resistance"])
-    """The selectors compared; each trains adapters on the same number of kept samples."""
+    selectors: list[str] | None = None
+    """The selectors compared; each trains adapters on the same number of kept samples. None = correct, cdm,
+    logprob, majority, majority_cdm and random (label_free: the same, correct as the labelled upper bound)."""
+    label_free: bool = False
+    """Select without reference answers (require_correct off for every selector but correct, which stays as
+    the labelled upper bound); references are used for evaluation only."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Training seeds per selector (the random selector also draws its samples with it)."""
     keep: int | None = None
-    """Samples each selector keeps; None = what the cdm selector keeps at select.threshold (the default run's selection)."""
+    """Samples each selector keeps; None = what the smallest selector's eligible pool holds, at most
+    a quarter of the samples."""
 
 
 @dataclass
@@ -255,6 +288,7 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     ablate: AblateConfig = field(default_factory=AblateConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
     report_to: str | list[str] = "none"
     """Experiment trackers for training and each stage's summary metrics: none, tensorboard, mlflow,
     trackio or wandb (or a list); passed to the Trainer's report_to."""
@@ -263,116 +297,8 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-SELECTORS = ("cdm", "correct", "random", "logprob", "entropy_collapse", "attention_sparsification",
-             "basin_resistance")
 BACKENDS = ("auto", "local", "openai", "llama-server")
 TRACKERS = ("none", "tensorboard", "mlflow", "trackio", "wandb")
-
-
-def _suggest(name: str, options) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _describe(hint) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping",
-             list: "a list", type(None): "null"}
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if typing.get_origin(hint) is list:
-        return f"a list of {_describe(args[0])}s" if args else "a list"
-    return names.get(typing.get_origin(hint) or hint, str(hint))
-
-
-def coerce(key: str, value: Any, hint) -> Any:
-    """`value` as the field's declared type, or a one-line error naming the key, the value and the type.
-
-    YAML has already parsed the text (`--set train.rank=8` gives 8); an integer is taken where a number
-    is wanted, and a single string where a list of strings is wanted.
-    """
-    if hint is Any:
-        return value
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        for option in args:
-            try:
-                return coerce(key, value, option)
-            except DepthtuneError:
-                continue
-    elif hint is type(None):
-        if value is None:
-            return None
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 5e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint in (bool, str) or (origin or hint) is dict:
-        if isinstance(value, origin or hint):
-            return value
-    elif origin is list:
-        items = [value] if isinstance(value, str) else value
-        if isinstance(items, list):
-            return [coerce(key, v, args[0]) for v in items] if args else items
-    raise DepthtuneError(f"config key '{key}' wants {_describe(hint)}, got {value!r}")
-
-
-def from_dict(cls, data: dict | None, where: str = ""):
-    """Build dataclass `cls` from a dict, refusing unknown keys with a suggestion."""
-    data = data or {}
-    if not isinstance(data, dict):
-        raise DepthtuneError(f"config section '{where or 'top level'}' must be a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise DepthtuneError(f"unknown config key '{where}{key}'{_suggest(key, fields)}")
-        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub):
-            value = from_dict(sub, value, f"{where}{key}.")
-        else:
-            value = coerce(f"{where}{key}", value, hints[key])
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-def locate(cfg: RunConfig, dotted: str) -> tuple[Any, str]:
-    """-> (the dataclass holding `section.key`, key), refusing unknown names with a suggestion."""
-    parts = dotted.split(".")
-    obj = cfg
-    for i, part in enumerate(parts):
-        names = {f.name for f in dataclasses.fields(obj)}
-        if part not in names:
-            raise DepthtuneError(f"unknown config key '{'.'.join(parts[:i + 1])}'{_suggest(part, names)}")
-        if i == len(parts) - 1:
-            if dataclasses.is_dataclass(getattr(obj, part)):
-                raise DepthtuneError(f"'{dotted}' is a section; set one of its keys, e.g. {dotted}."
-                                     f"{dataclasses.fields(getattr(obj, part))[0].name}=...")
-            return obj, part
-        obj = getattr(obj, part)
-        if not dataclasses.is_dataclass(obj):
-            raise DepthtuneError(f"'{'.'.join(parts[:i + 1])}' is a value, not a section")
-
-
-def set_key(cfg: RunConfig, dotted: str, value: Any) -> None:
-    """Set `section.key` on a RunConfig: unknown names and values of the wrong type get one line."""
-    obj, key = locate(cfg, dotted)
-    setattr(obj, key, coerce(dotted, value, typing.get_type_hints(type(obj))[key]))
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise DepthtuneError(f"--set expects key=value, got '{text}'")
-    key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -381,7 +307,14 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not ok:
             raise DepthtuneError(msg)
 
-    need(0 <= cfg.select.threshold <= 100, f"threshold {cfg.select.threshold} is outside 0-100; pick a CDM line such as 75")
+    s = cfg.select
+    need(s.selector in SELECTORS, f"unknown selector '{s.selector}'{suggest(s.selector, SELECTORS)}; use one of "
+         f"{', '.join(SELECTORS)}")
+    if s.threshold is not None and SELECTORS[s.selector].field in ("cdm", "entropy_collapse", "basin_resistance",
+                                                                  "attention_sparsification"):
+        need(0 <= s.threshold <= 100, f"threshold {s.threshold} is outside 0-100; pick a CDM line such as 75, or "
+             f"leave --threshold out for the relative line (the top select.top_share)")
+    need(0 < s.top_share <= 1, f"select.top_share is a share in (0, 1], got {s.top_share}")
     need(0 <= cfg.evaluate.deep_line <= 100, f"deep line {cfg.evaluate.deep_line} is outside 0-100")
     need(cfg.generate.k >= 1, "generate.k must be at least 1")
     need(cfg.generate.temperature > 0, "generate.temperature must be > 0 (sampling needs it); use evaluate for greedy")
@@ -394,8 +327,8 @@ def validate(cfg: RunConfig) -> RunConfig:
          and sum(cfg.score.weights.values()) > 0,
          f"score.weights needs non-negative weights for exactly {sorted(ScoreConfig().weights)}")
     need(0 < cfg.data.eval_fraction < 1, "data.eval_fraction must be between 0 and 1")
-    need(cfg.data.checker in ("auto", "numeric", "exact", "contains"),
-         f"unknown checker '{cfg.data.checker}'; use auto, numeric, exact or contains")
+    need(cfg.data.checker in ("auto", "numeric", "exact", "contains") or ":" in cfg.data.checker,
+         f"unknown checker '{cfg.data.checker}'; use auto, numeric, exact, contains, or your own as module:function")
     need(cfg.train.rank >= 1 and cfg.train.epochs > 0 and cfg.train.batch_size >= 1, "train.rank, epochs and batch_size must be positive")
     need(0 <= cfg.train.dropout < 1, "train.dropout must be in [0, 1)")
     need(cfg.model.dtype in ("auto", "float32", "bfloat16", "float16"), f"unknown dtype '{cfg.model.dtype}'")
@@ -410,15 +343,12 @@ def validate(cfg: RunConfig) -> RunConfig:
          f"unknown distill.targets '{d.targets}'; use answers, cot, answer_only or step_by_step")
     need(d.curriculum in ("none", "cdm", "level"), f"unknown curriculum '{d.curriculum}'; use none, cdm or level")
     need(d.priority in ("accuracy", "latency", "budget"), f"unknown priority '{d.priority}'; use accuracy, latency or budget")
-    need(0 <= d.threshold <= 100, f"distill.threshold {d.threshold} is outside 0-100")
-    need(d.learning_rate > 0, "distill.learning_rate must be > 0")
-    need(d.k >= 1 and d.calls_per_day >= 0, "distill.k must be at least 1 and calls_per_day not negative")
+    need(d.calls_per_day >= 0, "distill.calls_per_day must not be negative")
+    for section in ("generate", "select", "train"):  # the overrides are keys of those sections, checked as they are
+        validate_overrides(cfg, section)
     need(d.cot_max_new_tokens >= 1, "distill.cot_max_new_tokens must be at least 1")
     need(d.topk >= 1 and d.chunk >= 1, "distill.topk and distill.chunk must be at least 1")
     need(cfg.select.max_per_prompt is None or cfg.select.max_per_prompt >= 1, "select.max_per_prompt must be at least 1")
-    s = cfg.select
-    need(s.selector in SELECTORS, f"unknown selector '{s.selector}'{_suggest(s.selector, SELECTORS)}; use one of "
-         f"{', '.join(SELECTORS)}")
     need(s.keep is None or s.keep >= 1, "select.keep must be at least 1 (or null: keep all that pass)")
     need(s.min_kept >= 0, "select.min_kept must be >= 0 (0 = no minimum)")
     m = cfg.model
@@ -430,9 +360,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(cfg.data.template in ("auto", "chat", "raw"), f"unknown template '{cfg.data.template}'; use auto, chat or raw")
     need(cfg.data.suite_size >= 0, "data.suite_size must be >= 0 (0 = the default size)")
     b = cfg.backend
-    need(b.kind in BACKENDS, f"unknown backend '{b.kind}'{_suggest(b.kind, BACKENDS)}; use {', '.join(BACKENDS)}")
+    need(b.kind in BACKENDS, f"unknown backend '{b.kind}'{suggest(b.kind, BACKENDS)}; use {', '.join(BACKENDS)}")
     need(b.kind != "openai" or bool(b.base_url), "--backend openai needs the server's address: --base-url "
          "http://HOST:PORT/v1")
+    urls = [b.base_url] if isinstance(b.base_url, str) else b.base_url or []
+    need(all(u.startswith(("http://", "https://")) for u in urls), f"--base-url wants http(s)://HOST:PORT/v1, got "
+         f"{next((u for u in urls if not u.startswith(('http://', 'https://'))), '')}")
     need(b.endpoint in ("completions", "chat"), f"unknown backend.endpoint '{b.endpoint}'; use completions or chat")
     need(b.concurrency >= 1 and b.timeout > 0 and b.retries >= 0,
          "backend.concurrency must be >= 1, backend.timeout > 0 and backend.retries >= 0")
@@ -440,14 +373,47 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(0 <= d.on_policy <= 1, f"distill.on_policy is a share in [0, 1], got {d.on_policy}")
     need(cfg.evaluate.lm_eval_limit is None or cfg.evaluate.lm_eval_limit >= 1, "evaluate.lm_eval_limit must be >= 1")
     a = cfg.ablate
-    bad = [x for x in a.selectors if x not in SELECTORS]
+    bad = [x for x in a.selectors or [] if x not in SELECTORS]
     need(not bad, f"ablate.selectors: unknown selector(s) {bad}; use {', '.join(SELECTORS)}")
-    need(bool(a.selectors) and bool(a.seeds), "ablate needs at least one selector and one seed")
+    need(a.selectors is None or bool(a.selectors), "ablate.selectors needs at least one selector (or null)")
+    need(bool(a.seeds), "ablate needs at least one seed")
+    r = cfg.rounds
+    need(r.n >= 1, f"--rounds must be at least 1, got {r.n}")
+    need(r.mode in ("restart", "continue"), f"unknown rounds.mode '{r.mode}'; use restart or continue")
+    need(cfg.generate.topk_taus and all(t > 0 for t in cfg.generate.topk_taus), "generate.topk_taus are temperatures > 0")
     need(a.keep is None or a.keep >= 1, "ablate.keep must be at least 1 (or null: the smallest pool)")
     trackers = [cfg.report_to] if isinstance(cfg.report_to, str) else cfg.report_to
     unknown = [x for x in trackers if x not in TRACKERS]
     need(not unknown, f"unknown tracker {unknown}; --report-to takes {', '.join(TRACKERS)}")
     return cfg
+
+
+def validate_overrides(cfg: RunConfig, section: str) -> None:
+    """distill.<section> overrides: every key must be one of the section's, with a value of its type."""
+    import copy
+
+    trial = copy.deepcopy(cfg)
+    for key, value in getattr(cfg.distill, section).items():
+        try:
+            set_key(trial, f"{section}.{key}", value)
+        except DepthtuneError as e:  # named as the user wrote it
+            raise DepthtuneError(str(e).replace(f"'{section}.", f"'distill.{section}.")) from None
+
+
+def side(cfg: RunConfig, sections=("generate", "select", "train")) -> RunConfig:
+    """A copy of cfg with the distill section's overrides of generate, select and train applied: the
+    settings of the teacher's samples and of the trained students."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    for section in sections:
+        for key, value in getattr(cfg.distill, section).items():
+            set_key(out, f"{section}.{key}", value)
+    return out
+
+
+RENAMED = {"distill.k": "distill.generate.k", "distill.threshold": "distill.select.threshold",
+           "distill.learning_rate": "distill.train.learning_rate"}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), **flags: Any) -> RunConfig:
@@ -461,9 +427,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), **fla
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise DepthtuneError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-    cfg = from_dict(RunConfig, data)
+    cfg = from_dict(RunConfig, data, renamed=RENAMED)
     for text in overrides:
-        set_key(cfg, *parse_override(text))
+        set_key(cfg, *parse_override(text), renamed=RENAMED)
     for dotted, value in flags.items():
         if value is not None:
             set_key(cfg, dotted, value)

@@ -5,10 +5,9 @@ parts meet. One process (no launcher) is world size 1, and nothing here changes 
 
 training    every process runs the HF Trainer, which wraps the model in DDP (FSDP or DeepSpeed when
             accelerate's config says so); only the main process saves.
-sampling    generate.sample_all cuts the prompts into seeded chunks (chunk c is seeded with
-            seed * 1_000_003 + c). Each process takes one contiguous block of chunks and an
-            `OffsetSeeds` sampler that shifts its local chunk numbers back to the global ones, so
-            every chunk gets the seed it gets in one process: the samples are the same.
+sampling    generate.sample_all cuts the prompts into chunks; each process takes one contiguous block of
+            them. Every sample's seed derives from (seed, prompt id, sample index), whoever samples it,
+            so the samples are the ones one process makes.
 scoring     the samples, cut into contiguous blocks the same way (one sample per unit).
 files       each process appends to its own partial file, <stage>/ranks/<rank>-of-<world>/<name>
             (top-k shards in topk/ beside it), so a killed run resumes per process. After a barrier
@@ -126,20 +125,6 @@ def block(n: int, rank: int, size: int) -> tuple[int, int]:
 def rank_path(path: Path, rank: int, size: int) -> Path:
     """Where process `rank` of `size` keeps the partial file `path`: path itself when alone."""
     return path if size == 1 else path.parent / RANKS / f"{rank}-of-{size}" / path.name
-
-
-class OffsetSeeds:
-    """A sampler whose chunk seeds are shifted by `offset` chunks: sample_all numbers a block's chunks
-    from 0, and seed + offset is the seed the chunk has among all prompts (seed * 1_000_003 + c)."""
-
-    def __init__(self, sampler, offset: int):
-        self.sampler, self.offset = sampler, offset
-
-    def sample_chunk(self, items, *, seed: int, **kw):
-        return self.sampler.sample_chunk(items, seed=seed + self.offset, **kw)
-
-    def __getattr__(self, name):  # vocab_size, name, template...: the wrapped sampler's
-        return getattr(self.sampler, name)
 
 
 def _layouts(path: Path) -> list[tuple[Path, int, int]]:
@@ -260,16 +245,15 @@ def check_resume(ckpt_dir: Path) -> None:
         artifacts.write_json(path, {"world_size": size})
 
 
-TRAINS = ("run", "train", "compare", "ablate", "sweep")  # commands that train a model
-
-
-def check_placement(command: str, device_map: str | None, backend: str = "local") -> None:
+def check_placement(*, trains: bool, device_map: str | None, backend: str = "local", samples: bool = False,
+                    command: str = "this command") -> None:
     """Refuse, in one line and before anything is loaded or written, the placements that cannot work.
 
     device_map=auto puts one model's layers on several devices for a single process: the forward-only
     stages can use it, training cannot (it needs every process to hold its share: FSDP or ZeRO-3), and
     under `accelerate launch` each process would spread its copy over every GPU. A sampling server
-    (backend openai, llama-server) batches on its own: one process drives it.
+    (backend openai, llama-server) batches on its own: one process drives it. `trains`, `samples`: whether
+    the command trains a model and samples answers; `command` names it in the messages.
     """
     from .errors import DepthtuneError
 
@@ -278,14 +262,14 @@ def check_placement(command: str, device_map: str | None, backend: str = "local"
         raise DepthtuneError(f"model.device_map=auto under {size} processes would spread every process's copy "
                              f"over all GPUs; drop it (--set model.device_map=null --set model.max_memory=null): "
                              f"accelerate's FSDP or ZeRO-3 config shards the model instead")
-    if device_map == "auto" and command in TRAINS:
+    if device_map == "auto" and trains:
         raise DepthtuneError(f"model.device_map=auto is for the forward-only stages (generate, score, evaluate, "
                              f"merge); `{command}` trains, which needs accelerate: `accelerate launch --config_file "
                              f"examples/accelerate/fsdp.yaml -m depthtune train --run-dir D --set model.device_map=null "
                              f"--set model.max_memory=null`")
-    if sharded() and command != "train":
+    if sharded() and not (trains and command == "train"):
         raise DepthtuneError(f"accelerate's FSDP / DeepSpeed configs are for `depthtune train`; run `{command}` in "
                              f"one process, or under a plain `accelerate launch --num_processes N` (DDP)")
-    if size > 1 and backend != "local" and command in ("run", "generate", "compare", "ablate"):
+    if size > 1 and backend != "local" and samples:
         raise DepthtuneError(f"backend {backend} serves the samples itself; run `{command}` in one process (without "
                              f"accelerate launch), or sample in-process with --backend local")

@@ -72,6 +72,58 @@ def resolve(name: str | None) -> tuple[str, dict]:
     return name, {}
 
 
+def cache_root() -> Path:
+    """Where depthtune keeps what it derives once per machine ($DEPTHTUNE_CACHE, else ~/.cache/depthtune)."""
+    import os
+
+    home = os.environ.get("DEPTHTUNE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "depthtune"
+    return Path(home)
+
+
+def loadable(name: str | None) -> tuple[str, dict]:
+    """resolve(), with a GGUF file replaced by its dequantised copy as a plain model directory.
+
+    Reading a GGUF through transformers parses its whole header (the vocabulary and merges) and dequantises
+    every tensor in Python: 19 s for the 135M embedded model on 2 CPU cores, each time a stage loads it.
+    The first load keeps the dequantised weights and tokenizer under cache_root()/gguf/, keyed by the file's
+    path, size and modification time; later loads take 0.3 s and give the same weights, bit for bit."""
+    import hashlib
+
+    source, extra = resolve(name)
+    if not extra.get("gguf_file"):
+        return source, extra
+    path = Path(source) / extra["gguf_file"]
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    folder = cache_root() / "gguf" / f"{path.stem}-{key}"
+    if not (folder / "config.json").exists():
+        _dequantise_to(name, source, extra, folder)
+    return str(folder), {}
+
+
+def _dequantise_to(name, source: str, extra: dict, folder: Path) -> None:
+    import shutil
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model = _from_pretrained(name, source, extra, dtype=torch.float32)
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(source, **extra).save_pretrained(tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process made it first: theirs is the same
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def gguf_path(name: str | None) -> Path:
     """The GGUF file a llama.cpp server can load for this model name, or a one-line error."""
     source, extra = resolve(name)
@@ -103,7 +155,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def load_tokenizer(name: str | None):
     from transformers import AutoTokenizer
 
-    source, extra = resolve(name)
+    source, extra = loadable(name)
     try:
         tok = AutoTokenizer.from_pretrained(source, **extra)
     except OSError as e:
@@ -150,25 +202,15 @@ def _from_pretrained(name, source: str, extra: dict, **kwargs):
         raise DepthtuneError(f"could not load model '{name}': {str(e).splitlines()[0]}") from None
 
 
-def _dequantised_gguf(name, source: str, extra: dict, dtype: torch.dtype, folder: Path) -> str:
-    """transformers cannot quantise while it reads a GGUF file: dequantise it to a plain model dir first."""
-    model = _from_pretrained(name, source, extra, dtype=dtype)
-    model.hf_quantizer.remove_quantization_config(model)
-    model.save_pretrained(folder, safe_serialization=True)
-    return str(folder)
-
-
 def load_model(name: str | None, dtype: str = "auto", device: str = "auto", quantize: str | None = None,
                device_map: str | None = None, max_memory: dict | None = None):
     """Load a causal LM for inference or training. GGUF weights are dequantised to float.
 
-    quantize (4bit, 8bit): bitsandbytes layers, placed on `device` (a GGUF file is dequantised to a
-    temporary folder first). device_map=auto: accelerate spreads the layers over the GPUs, then CPU
-    (at most max_memory each) instead of moving the whole model to one device.
+    quantize (4bit, 8bit): bitsandbytes layers, placed on `device`. device_map=auto: accelerate spreads the
+    layers over the GPUs, then CPU (at most max_memory each) instead of moving the whole model to one device.
+    A GGUF file is read from its dequantised copy (see loadable).
     """
-    import tempfile
-
-    source, extra = resolve(name)
+    source, extra = loadable(name)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     placed = {}
@@ -178,18 +220,10 @@ def load_model(name: str | None, dtype: str = "auto", device: str = "auto", quan
         placed = {"device_map": None}
     elif quantize:  # bitsandbytes quantises as it places the weights: it needs a device map
         placed = {"device_map": {"": dev}}
-    with tempfile.TemporaryDirectory(prefix="depthtune-gguf-") as tmp:
-        if quantize:
-            require_bitsandbytes(quantize)
-            if extra.get("gguf_file"):
-                source, extra = _dequantised_gguf(name, source, extra, torch_dtype, Path(tmp)), {}
-            placed["quantization_config"] = quantization_config(quantize, torch_dtype)
-        model = _from_pretrained(name, source, extra, dtype=torch_dtype, **placed)
-    # A dequantised GGUF model is a plain float model: transformers' own call drops the quantizer
-    # and its config marker, so training treats it as float and a saved copy loads as one.
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None and extra.get("gguf_file"):
-        quantizer.remove_quantization_config(model)
+    if quantize:
+        require_bitsandbytes(quantize)
+        placed["quantization_config"] = quantization_config(quantize, torch_dtype)
+    model = _from_pretrained(name, source, extra, dtype=torch_dtype, **placed)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = model.config.eos_token_id
     return (model if placed else model.to(dev)).eval()

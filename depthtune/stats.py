@@ -61,18 +61,42 @@ def paired_ratio_delta(num_before, den_before, num_after, den_after) -> dict:
             "n": n}
 
 
+def fieller_ratio(num: list[float], den: list[float], z: float = 1.96) -> dict:
+    """Ratio of two paired means, mean(num) / mean(den), with Fieller's 95% interval.
+
+    Per unit (prompt) i: num_i and den_i (say distilled_i - alone_i and teacher_i - alone_i). With means a,
+    b, variances of the means v11, v22 and covariance v12, the interval is the set of r with
+    (a - r b)^2 <= z^2 (v11 - 2 r v12 + r^2 v22): a bounded interval exactly when the denominator's own
+    interval excludes zero (b^2 > z^2 v22). Otherwise the ratio is not reported ("value": None): a
+    teacher 1 point ahead made the old point estimate read 1000 %.
+    """
+    x, y = np.asarray(num, float), np.asarray(den, float)
+    n = x.size
+    if n < 2:
+        return {"value": None, "ci95": None, "n": int(n), "reason": "too few prompts"}
+    a, b = x.mean(), y.mean()
+    cov = np.cov(np.stack([x, y]), ddof=1) / n
+    v11, v22, v12 = cov[0, 0], cov[1, 1], cov[0, 1]
+    qa = b * b - z * z * v22
+    if qa <= 0:
+        return {"value": None, "ci95": None, "n": int(n), "reason": "the denominator's interval includes zero"}
+    qb = a * b - z * z * v12
+    qc = a * a - z * z * v11
+    disc = max(0.0, qb * qb - qa * qc)
+    lo, hi = (qb - disc ** 0.5) / qa, (qb + disc ** 0.5) / qa
+    return {"value": float(a / b), "ci95": [float(lo), float(hi)], "n": int(n), "reason": None}
+
+
 def gap_recovered(teacher: list[float], alone: list[float], distilled: list[float]) -> dict:
-    """(distilled - alone) / (teacher - alone) on per-prompt scores, with a paired bootstrap interval.
-    None where the teacher is not ahead of the student trained alone (no gap to recover); resamples
-    without a gap count as undefined, and too many of them leave the interval undefined too."""
-    t, a, d = (np.asarray(x, float) for x in (teacher, alone, distilled))
-    if t.size == 0 or t.mean() <= a.mean():
-        return {"value": None, "ci95": None, "n": int(t.size)}
-    idx = _resample_index(t.size)
-    gap = t[idx].mean(1) - a[idx].mean(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        draws = np.where(gap > 0, (d[idx].mean(1) - a[idx].mean(1)) / gap, np.nan)
-    return {"value": float((d.mean() - a.mean()) / (t.mean() - a.mean())), "ci95": interval(draws), "n": int(t.size)}
+    """(distilled - alone) / (teacher - alone) on per-prompt scores, with Fieller's interval (fieller_ratio),
+    and the two differences it is made of, each with its paired bootstrap interval. The ratio is None
+    unless the teacher's lead over the student trained alone has an interval that excludes zero."""
+    t, a, d = (np.asarray(v, float) for v in (teacher, alone, distilled))
+    ratio = fieller_ratio(list(d - a), list(t - a))
+    if t.size and t.mean() <= a.mean():
+        ratio = {**ratio, "value": None, "ci95": None, "reason": "the teacher is not ahead of the student trained alone"}
+    return {**ratio, "distilled_minus_alone": paired_delta(list(a), list(d)),
+            "teacher_minus_alone": paired_delta(list(a), list(t))}
 
 
 def auroc(scores: list[float], labels: list[bool]) -> float | None:

@@ -57,8 +57,12 @@ def test_stage_commands_one_by_one_on_a_user_file(tiny_model_dir, tmp_path, prom
     assert main(["select", "--run-dir", str(run_dir), "--redo", "--threshold", "99.9"]) == 2
     assert (run_dir / "select" / "selected.jsonl").read_text() == before and artifacts.is_done(run_dir / "select")
     capsys.readouterr()
-    assert main(["select", "--run-dir", str(run_dir), "--redo", "--threshold", "0"]) == 0
-    assert "train, merge, evaluate were made from the old select output" in capsys.readouterr().out
+    assert main(["select", "--run-dir", str(run_dir), "--redo", "--threshold", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "train, merge, evaluate-tuned were made from the old select output" in out and "[prepare] redone" not in out
+    # and the stale later stages are refused, not silently reused, until they are redone too
+    assert main(["train", "--run-dir", str(run_dir)]) == 2
+    assert "the train stage" in capsys.readouterr().err and "--redo" in capsys.readouterr().err + "--redo"
 
 
 def test_selection_that_keeps_nothing_stops_cleanly_and_can_be_rerun(tiny_model_dir, tmp_path, capsys):
@@ -86,7 +90,7 @@ def test_a_selection_too_small_to_learn_from_refuses_and_names_the_fix(tiny_mode
 
 
 def test_interrupted_generation_resumes_without_losing_or_repeating_samples(tiny_model_dir, tmp_path, monkeypatch):
-    args = tiny_args(tiny_model_dir, tmp_path / "whole") + FAST + ["--set", "generate.batch_size=4"]
+    args = tiny_args(tiny_model_dir, tmp_path / "whole") + FAST + ["--set", "generate.batch_size=1"]
     assert main(["generate"] + args) == 0
     whole = artifacts.read_jsonl(tmp_path / "whole" / "generate" / "samples.jsonl")
 
@@ -99,7 +103,7 @@ def test_interrupted_generation_resumes_without_losing_or_repeating_samples(tiny
         return real(*a, **kw)
 
     monkeypatch.setattr(LocalSampler, "sample_chunk", dying)
-    args = tiny_args(tiny_model_dir, tmp_path / "cut") + FAST + ["--set", "generate.batch_size=4"]
+    args = tiny_args(tiny_model_dir, tmp_path / "cut") + FAST + ["--set", "generate.batch_size=1"]
     assert main(["generate"] + args) == 130
     stage = tmp_path / "cut" / "generate"
     assert not artifacts.is_done(stage) and not (stage / "samples.jsonl").exists()
@@ -112,7 +116,7 @@ def test_interrupted_generation_resumes_without_losing_or_repeating_samples(tiny
     assert [r["completion_ids"] for r in resumed] == [r["completion_ids"] for r in whole]
     assert not (stage / "samples.partial.jsonl").exists()
     # the manifest's time counts the chunk generated before the interruption too
-    first_chunk = sum(r["gen_seconds"] for r in resumed[:4])  # batch 4 = 2 prompts x k 2, made before the kill
+    first_chunk = sum(r["gen_seconds"] for r in resumed[:4])  # a chunk: 4 x batch 1 = 2 prompts x k 2, before the kill
     manifest = artifacts.read_json(stage / "manifest.json")
     assert manifest["seconds"] == pytest.approx(sum(r["gen_seconds"] for r in resumed), abs=0.01)
     assert first_chunk > 0 and manifest["seconds"] >= first_chunk
@@ -151,7 +155,7 @@ def test_bad_data_in_a_real_process(tiny_model_dir, tmp_path, content, field, ex
     assert not run_dir.exists()  # nothing written, not even config.yaml
 
 
-@pytest.mark.parametrize("stage, needs", [("score", "generate"), ("train", "select"), ("report", "evaluate")])
+@pytest.mark.parametrize("stage, needs", [("score", "generate"), ("train", "select"), ("report", "evaluate")])  # commands
 def test_a_stage_whose_input_is_missing_names_the_stage_to_run_first(tmp_path, capsys, stage, needs):
     run_dir = tmp_path / "empty"
     assert main([stage, "--run-dir", str(run_dir)]) == 2

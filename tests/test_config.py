@@ -1,12 +1,12 @@
 import pytest
 
-from depthtune.config import RunConfig, dump_config, load_config
+from depthtune.config import dump_config, load_config, side
 from depthtune.errors import DepthtuneError
 
 
 def test_defaults_are_valid_and_round_trip(tmp_path):
     cfg = load_config()
-    assert cfg.select.threshold == 75 and cfg.evaluate.deep_line == 75
+    assert cfg.select.threshold is None and cfg.select.top_share == 0.5 and cfg.evaluate.deep_line == 75
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
@@ -36,7 +36,6 @@ def test_bad_yaml_names_the_file(tmp_path):
     p.write_text("train: [unclosed")
     with pytest.raises(DepthtuneError, match="not valid YAML"):
         load_config(p)
-    assert isinstance(RunConfig().to_dict(), dict)
 
 
 def test_typed_keys_take_yaml_numbers_and_refuse_the_rest_in_one_line():
@@ -46,3 +45,22 @@ def test_typed_keys_take_yaml_numbers_and_refuse_the_rest_in_one_line():
         load_config(None, ["train.rank=abc"])
     with pytest.raises(DepthtuneError, match=r"'model' is a section"):
         load_config(None, ["model=3"])
+
+
+def test_distill_overrides_are_keys_of_their_sections():
+    cfg = load_config(None, ["distill.generate={k: 2, max_new_tokens: 16}", "distill.train={learning_rate: 0.001}"])
+    teacher = side(cfg)
+    assert (teacher.generate.k, teacher.generate.max_new_tokens, teacher.train.learning_rate) == (2, 16, 0.001)
+    assert (cfg.generate.k, cfg.train.learning_rate) == (4, None)  # the run's own settings are untouched
+    assert side(cfg).select.selector == "correct"  # the teacher's samples: every correct one, by default
+    with pytest.raises(DepthtuneError, match="unknown config key 'distill.generate.kk'"):
+        load_config(None, ["distill.generate={kk: 2}"])
+    with pytest.raises(DepthtuneError, match="'distill.train.rank' wants an integer"):
+        load_config(None, ["distill.train={rank: x}"])
+
+
+@pytest.mark.parametrize("old, new", [("distill.k=3", "distill.generate.k"),
+                                      ("distill.learning_rate=0.1", "distill.train.learning_rate")])
+def test_a_key_that_moved_names_its_new_place(old, new):
+    with pytest.raises(DepthtuneError, match=f"is now '{new}'"):
+        load_config(None, [old])

@@ -213,23 +213,23 @@ def test_training_checkpoints_of_another_world_size_are_refused(tmp_path, monkey
 
 
 def test_placements_that_cannot_work_are_refused(monkeypatch):
-    distributed.check_placement("generate", "auto")  # one process, forward only: fine
+    distributed.check_placement(trains=False, device_map="auto", command="generate")  # one process, forward only
     with pytest.raises(DepthtuneError, match="accelerate launch"):
-        distributed.check_placement("train", "auto")
+        distributed.check_placement(trains=True, device_map="auto", command="train")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(DepthtuneError, match="device_map=null"):
-        distributed.check_placement("generate", "auto")
+        distributed.check_placement(trains=False, device_map="auto", command="generate")
     with pytest.raises(DepthtuneError, match="one process"):
-        distributed.check_placement("run", None, backend="openai")
-    distributed.check_placement("train", None, backend="openai")  # training does not sample
+        distributed.check_placement(trains=True, device_map=None, backend="openai", samples=True, command="run")
+    distributed.check_placement(trains=True, device_map=None, backend="openai", command="train")  # no sampling
 
 
 def test_sharded_training_configs_are_for_the_train_stage_only(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert distributed.sharded()
-    distributed.check_placement("train", None)
+    distributed.check_placement(trains=True, device_map=None, command="train")
     with pytest.raises(DepthtuneError, match="depthtune train"):
-        distributed.check_placement("run", None)
+        distributed.check_placement(trains=True, device_map=None, command="run")
 
 
 def test_shipped_accelerate_configs_load():

@@ -1,15 +1,15 @@
 """The package's shape: each layer imports only the layers below it, and no two modules import each other.
 
 Layers, bottom up: core modules (depthtune/*.py) -> backends -> stages -> distill -> experiments.
-cli.py and __main__.py sit on top (the entry point dispatches to every product). Imports inside
-functions count too: a lazy import is still a dependency.
+cli.py, api.py and __main__.py sit on top (the entry points dispatch to every product). Imports inside
+functions count too: a lazy import is still a dependency. No module imports another's _private name.
 """
 import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "depthtune"
 LAYERS = {"": 0, "backends": 1, "stages": 2, "distill": 3, "experiments": 4}
-ENTRY = {"depthtune.cli", "depthtune.__main__"}
+ENTRY = {"depthtune.cli", "depthtune.api", "depthtune.__main__"}
 
 
 def module_name(path: Path) -> str:
@@ -45,7 +45,7 @@ def graph() -> dict[str, set[str]]:
 
 def layer(mod: str) -> int:
     parts = mod.split(".")
-    return LAYERS[parts[1]] if len(parts) > 2 and parts[1] in LAYERS else 0
+    return LAYERS[parts[1]] if len(parts) >= 2 and parts[1] in LAYERS else 0
 
 
 def test_each_layer_imports_only_layers_below_it():
@@ -78,3 +78,39 @@ def test_every_subpackage_says_what_it_holds():
     for init in PKG.glob("*/__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and len(doc) > 40, f"{init} needs a docstring that says what the package holds"
+
+
+def private_imports(path: Path) -> list[str]:
+    """`from x import _name` of a depthtune module other than the file itself (dunders excepted)."""
+    here = module_name(path)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("depthtune")):
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"{here}: from {'.' * node.level}{node.module or ''} import {alias.name}")
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    roots = [PKG, PKG.parent / "tests", PKG.parent / "bench"]
+    bad = [line for root in roots for p in sorted(root.rglob("*.py")) for line in private_imports(p)]
+    assert not bad, "private names imported across modules:\n" + "\n".join(bad)
+
+
+def test_the_stage_order_is_written_once():
+    """Only the stage table (depthtune/stages/__init__.py) lists the stages: no other module holds a
+    sequence of four or more stage names."""
+    from depthtune.stages import STAGES
+
+    names = {s.name for s in STAGES}
+    offenders = []
+    for p in PKG.rglob("*.py"):
+        if p == PKG / "stages" / "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List)):
+                strings = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+                if sum(s in names for s in strings) >= 4:
+                    offenders.append(f"{p.relative_to(PKG)}:{node.lineno}")
+    assert offenders == [], offenders

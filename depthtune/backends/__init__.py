@@ -1,13 +1,15 @@
 """Samplers: where the answers come from.
 
-local   transformers' generate in this process, memory-safe (depthtune.backends.local)
+local   in this process: continuous batching over the model's forward pass (depthtune.backends.local)
 
 A sampler has `sample_chunk(items, k=, temperature=, top_p=, max_new_tokens=, seed=,
-system_prompt=, topk=) -> (rows, seconds, cached)` and `vocab_size`; the generate and evaluate
+system_prompt=, topk=, taus=) -> (rows, seconds, cached)` and `vocab_size`; the generate and evaluate
 stages drive it chunk by chunk (resume, sharding) and never look inside. Every sampler makes
 the same row (completion_row), so the stages after generate cannot tell them apart.
 """
 from __future__ import annotations
+
+import hashlib
 
 import torch
 
@@ -43,3 +45,9 @@ def completion_row(item: dict, j: int, prompt: list[int], completion: list[int],
         "finished": finished,
         "gen_seconds": round(seconds, 6),
     }
+
+
+def request_seed(seed: int, prompt_id: str, j: int) -> int:
+    """A stable 31-bit seed per (seed, prompt, sample): a sample is the same however the prompts were cut
+    into chunks or batches, and a redone chunk asks for the same answers."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{prompt_id}/{j}".encode(), digest_size=4).digest(), "big") >> 1

@@ -33,7 +33,6 @@ sent is "none", never OPENAI_API_KEY, so a key meant for OpenAI does not go to a
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -45,7 +44,7 @@ import torch
 
 from ..errors import DepthtuneError
 from ..prompting import prompt_ids, resolve_template
-from . import completion_row
+from . import completion_row, request_seed
 from .vocab import Step, TokenMap, parse_steps
 
 HEADROOM = 4  # extra top alternatives asked for, spare for those the local vocabulary cannot represent
@@ -59,11 +58,6 @@ class Sample:
     text: str | None  # the server's text when the ids were re-tokenised from it, else None (decode the ids)
     top: tuple[torch.Tensor, torch.Tensor] | None = None
     unmapped: tuple[list[str], list[str]] = ((), ())  # (sampled tokens, top alternatives) that did not map
-
-
-def request_seed(seed: int, prompt_id: str, j: int) -> int:
-    """A stable 31-bit seed per (chunk seed, prompt, sample): a redone chunk asks for the same answers."""
-    return int.from_bytes(hashlib.blake2b(f"{seed}/{prompt_id}/{j}".encode(), digest_size=4).digest(), "big") >> 1
 
 
 def api_key(env: str | None) -> str:

@@ -15,11 +15,11 @@ import shutil
 from pathlib import Path
 
 from .. import artifacts, distributed, models
-from ..config import RunConfig
+from ..config import RunConfig, side
 from ..errors import DepthtuneError
 from ..prompting import prompt_ids
-from ..stages import evaluate, generate, score, select
-from ..stages.pipeline import Session, prepare, step
+from ..stages import evaluate
+from ..stages.pipeline import Session, run_stages, step
 from ..stages.train import fit, wrap_lora
 from .students import prune_layers, shared_vocab_size
 from .targets import ANSWER, COT_SYSTEM, retokenize, student_rows
@@ -32,11 +32,10 @@ def soft_targets(cfg: RunConfig) -> bool:
 
 def teacher_config(cfg: RunConfig) -> RunConfig:
     """The teacher-side settings: the distill section decides teacher, k, top-k and the CDM line."""
-    t = copy.deepcopy(cfg)
+    t = side(cfg, ("generate", "select"))
     t.model.name = cfg.distill.teacher
-    t.generate.k = cfg.distill.k
     t.generate.topk = cfg.distill.topk if soft_targets(cfg) and not cfg.distill.online else 0
-    t.select.threshold = cfg.distill.threshold
+    t.generate.topk_taus = sorted({1.0, cfg.distill.temperature})
     if cfg.distill.targets != "answers":  # the teacher is asked to reason before answering
         t.data.system_prompt = COT_SYSTEM
     return t
@@ -110,7 +109,7 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
     s_manifest = artifacts.read_manifest(run_dir / "student", "student")
     path = str(run_dir / "student" / "model")
     student, tok = models.load_model(path, cfg.model.dtype, cfg.model.device), models.load_tokenizer(path)
-    train_cfg = dataclasses.replace(cfg.train, full=cfg.distill.method == "full", learning_rate=cfg.distill.learning_rate)
+    train_cfg = dataclasses.replace(side(cfg, ("train",)).train, full=cfg.distill.method == "full")
     student = student if train_cfg.full else wrap_lora(student, train_cfg)
     student.train()
     kwargs, stats = {}, {}
@@ -131,7 +130,7 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
             g = cfg.generate
             sampling = dict(temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                             pad_id=tok.pad_token_id, stop_ids={tok.eos_token_id})
-            kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache),
+            kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache, cfg.distill.temperature),
                           collate_fn=lambda b: kd_collate(b, tok.pad_token_id), kd=cfg.distill, teacher=teacher,
                           sampling=sampling, counts=stats, vocab=s_manifest["shared_vocab"])
     model, seconds, loss = fit(student, tok, rows, train_cfg, stage, log=log, report_to=cfg.report_to,
@@ -159,31 +158,30 @@ def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
 
     run_dir = Path(run_dir)
     tcfg, scfg = teacher_config(cfg), student_config(cfg)
-    session = Session(tcfg, log)
+    session = Session(tcfg, log, saved=cfg)
 
     def once(name: str, done: bool, fn):
         return step(name, done, fn, log)
 
-    once("prepare", False, lambda: prepare(run_dir, cfg))  # the user's settings: a rerun derives both sides again
+    run_stages(run_dir, tcfg, session, ["prepare"])
     # the student first: its size and vocabulary checks fail before any teacher generation is spent
     once("student", artifacts.is_done(run_dir / "student"),  # under accelerate launch: the main process
          lambda: distributed.on_main(lambda: build_student(run_dir, scfg, *session.base())))
-    once("generate", artifacts.is_done(run_dir / "generate"), lambda: generate.run(run_dir, tcfg, session.sampler()))
-    once("score", artifacts.is_done(run_dir / "score"), lambda: score.run(run_dir, tcfg, *session.base()))
-    once("select", artifacts.is_done(run_dir / "select"), lambda: distributed.on_main(lambda: select.run(run_dir, tcfg)))
+    run_stages(run_dir, tcfg, session, ["generate", "score", "select"])
     once("evaluate-teacher", (run_dir / "evaluate" / "teacher.json").exists(),
          lambda: evaluate.evaluate_model(run_dir, tcfg, "teacher", *session.base(), log=log))
     needs_teacher = scfg.distill.alpha > 0 and (cfg.distill.online or cfg.distill.on_policy > 0)
     teacher = session.base()[0] if needs_teacher else None  # on-policy batches are scored by it, live
     if teacher is None:
-        session._model = None  # the cached top-k rows stand in for the teacher from here on
+        session.release()  # the cached top-k rows stand in for the teacher from here on
     tok = models.load_tokenizer(str(run_dir / "student" / "model"))  # the student's own tokenizer
     once("alone", artifacts.is_done(run_dir / "alone"),
          lambda: train_student(run_dir, scfg, "alone", reference_rows(run_dir, tok, cfg.data.system_prompt, cfg.data.template), log=log))
     once("distilled", artifacts.is_done(run_dir / "distilled"),
          lambda: train_student(run_dir, scfg, "distilled",
                                artifacts.read_jsonl(run_dir / "select" / "selected.jsonl"), teacher, log=log))
-    session._model = teacher = None
+    teacher = None
+    session.release()
     for name in ("student", "alone", "distilled"):
         if not (run_dir / "evaluate" / f"{name}.json").exists():
             path = str(run_dir / name / "model")

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from .. import artifacts, htmlpage, stats
-from ..stages.report import _fmt, machine, paired
+from ..reporting import describe, fmt, interval_bars, machine, paired
 
 LABELS = {"teacher": "teacher", "student": "student, untouched", "alone": "student trained alone",
           "distilled": "student distilled"}
@@ -107,7 +107,7 @@ def decide(m: dict, scores: dict[str, list[float]]) -> list[str]:
         reason = f"it needs the least training and is as accurate as the most accurate option ({within})"
     chosen = mods[pick]
     per_day = m["calls_per_day"] * chosen["ms_per_answer"] / 1000
-    lines.append(f"Priority {priority}: deploy the {LABELS[pick]} ({_fmt(chosen['accuracy'], '{:.0%}')} accuracy, "
+    lines.append(f"Priority {priority}: deploy the {LABELS[pick]} ({fmt(chosen['accuracy'], '{:.0%}')} accuracy, "
                  f"{chosen['ms_per_answer']:.0f} ms per answer): {reason}.")
     lines.append(f"Compute on this machine: {chosen['cpu_hours_per_million']:,.1f} machine-hours per million answers; "
                  f"{m['calls_per_day']:,} calls a day need {per_day / 3600:,.1f} machine-hours a day "
@@ -125,44 +125,41 @@ ROWS = [("accuracy", "Accuracy", "{:.0%}"), ("mean_cdm", "Mean CDM", "{:.1f}"), 
         ("teacher_data_seconds", "Teacher generation seconds", "{:.0f}")]
 
 
+def gap_lines(g: dict) -> list[str]:
+    """distilled - alone and teacher - alone with their intervals; their ratio only when it is defined."""
+    dv, tv = g["distilled_minus_alone"], g["teacher_minus_alone"]
+    lines = [f"- Distilled minus trained alone: {describe(dv, 100, ' points')}.",
+             f"- Teacher minus trained alone (the gap there was to recover): {describe(tv, 100, ' points')}."]
+    if g["value"] is None:
+        lines.append(f"- Gap recovered, (distilled - alone) / (teacher - alone): not reported, {g['reason']} "
+                     f"(a ratio over a gap that may be zero can read anything).")
+    else:
+        lo, hi = g["ci95"]
+        lines.append(f"- Gap recovered: {g['value']:.0%} (Fieller 95% interval {lo:.0%} to {hi:.0%}, n = {g['n']}).")
+    return lines
+
+
 def render(m: dict) -> str:
     names = list(m["models"])
     head = "| metric | " + " | ".join(LABELS[n] for n in names) + " |"
     table = [head, "|---" * (len(names) + 1) + "|"]
-    for key, label, fmt in ROWS:
-        table.append(f"| {label} | " + " | ".join(_fmt(m["models"][n].get(key), fmt) for n in names) + " |")
+    for key, label, pattern in ROWS:
+        table.append(f"| {label} | " + " | ".join(fmt(m["models"][n].get(key), pattern) for n in names) + " |")
     ci = [(f"{100 * c[0]:.0f}-{100 * c[1]:.0f}%" if (c := m["models"][n].get("accuracy_ci95")) else "–") for n in names]
     table.append("| Accuracy, 95% interval | " + " | ".join(ci) + " |")
-    g = m["gap_recovered"]
-    if g["value"] is None:
-        gap = "Gap recovered: undefined, the student trained alone is not behind the teacher."
-    else:
-        span = (f"95% interval {100 * g['ci95'][0]:.0f}% to {100 * g['ci95'][1]:.0f}%" if g["ci95"] else
-                "interval undefined: in many resamples the teacher is not ahead")
-        gap = f"Gap recovered: {g['value']:.0%} = (distilled - alone) / (teacher - alone) on accuracy ({span}, n = {g['n']})."
-    return "\n".join(["# depthtune compare", "", f"Machine: {m['machine']}.", "", *table, "", gap, "",
+    gap = gap_lines(m["gap_recovered"])
+    return "\n".join(["# depthtune compare", "", f"Machine: {m['machine']}.", "", *table, "", *gap, "",
                       "## Decision", "", *[f"- {line}" for line in m["decision"]], "",
                       "![Held-out accuracy of the four models](models.png)", ""])
 
 
 def plot(run_dir: Path, m: dict) -> None:
     """Accuracy of each model with its 95% interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..stages.report import save
-
     names = list(m["models"])
-    acc = [100 * (m["models"][n]["accuracy"] or 0) for n in names]
-    ci = [m["models"][n].get("accuracy_ci95") or [a / 100, a / 100] for n, a in zip(names, acc)]
-    err = [[a - 100 * c[0] for a, c in zip(acc, ci)], [100 * c[1] - a for a, c in zip(acc, ci)]]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(range(len(names)), acc, yerr=err, capsize=4, color=["tab:gray", "tab:orange", "tab:green", "tab:blue"])
-    ax.set_xticks(range(len(names)), [LABELS[n].replace("student ", "student\n") for n in names])
-    ax.set(ylabel="held-out accuracy (%)", title="Accuracy with 95% intervals")
-    save(fig, Path(run_dir) / "models.png")
+    interval_bars(Path(run_dir) / "models.png", [LABELS[n].replace("student ", "student\n") for n in names],
+                  [100 * (m["models"][n]["accuracy"] or 0) for n in names],
+                  [m["models"][n].get("accuracy_ci95") for n in names], ylabel="held-out accuracy (%)",
+                  title="Accuracy with 95% intervals", colors=["tab:gray", "tab:orange", "tab:green", "tab:blue"])
 
 
 def write_report(run_dir: Path, cfg) -> dict:

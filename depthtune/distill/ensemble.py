@@ -41,8 +41,9 @@ def target_logprobs(model, rows: list[dict], prompts: list[list[int]], pad_id: i
     return out
 
 
-def average_topk(teachers: list[tuple], rows: list[dict], k: int, batch_size: int = 8, template: str = "auto"):
-    """teachers: [(model, tok, system_prompt)]; -> per row (ids [n, k] int32, logp [n, k] fp16)."""
+def average_topk(teachers: list[tuple], rows: list[dict], k: int, batch_size: int = 8, template: str = "auto",
+                 taus: tuple[float, ...] = (1.0,)):
+    """teachers: [(model, tok, system_prompt)]; -> per row (ids [n, k], logp [n, k], tempered tails [n, len(taus)])."""
     out = []
     for b in range(0, len(rows), batch_size):
         batch = rows[b:b + batch_size]
@@ -53,12 +54,12 @@ def average_topk(teachers: list[tuple], rows: list[dict], k: int, batch_size: in
             probs = [lp.exp() for lp in lps]
             total = probs if total is None else [a + p for a, p in zip(total, probs)]
         for p in total:
-            out.append(topk_rows((p / len(teachers)).clamp_min(1e-30).log(), k))
+            out.append(topk_rows((p / len(teachers)).clamp_min(1e-30).log(), k, taus))
     return out
 
 
 def build(folder: Path, teachers: list[tuple], rows: list[dict], k: int, vocab_size: int,
-          shard_rows: int = 64, log=print, template: str = "auto") -> int:
+          shard_rows: int = 64, log=print, template: str = "auto", taus: tuple[float, ...] = (1.0,)) -> int:
     """Write the averaged rows of `rows` as new shards after those already in folder (each shard
     atomic, so an interrupted build keeps what it finished). -> the number of samples cached."""
     folder = Path(folder)
@@ -66,6 +67,6 @@ def build(folder: Path, teachers: list[tuple], rows: list[dict], k: int, vocab_s
     for s, start in enumerate(range(0, len(rows), shard_rows)):
         part = rows[start:start + shard_rows]
         write_shard(folder / f"chunk-{first + s:05d}.safetensors", [r["sample_id"] for r in part],
-                    average_topk(teachers, part, k, template=template), vocab_size)
+                    average_topk(teachers, part, k, template=template, taus=taus), vocab_size, taus)
         log(f"  top-k rows: {min(start + shard_rows, len(rows))}/{len(rows)} samples, {len(teachers)} teacher(s)")
     return len(rows)

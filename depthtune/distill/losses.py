@@ -13,9 +13,10 @@ mean over the remaining tokens.
 
 Three entry points:
 - kd_loss: from full logits [N, V]; the simple version, for small sizes.
-- sparse_kd_loss: the teacher given as top-k ids and log-probs (a cached teacher); the
-  teacher's leftover mass 1 - sum(top-k) is one extra "tail" bucket, the student's distribution
-  is folded onto the same k + 1 buckets, and both are tempered as buckets (bucket_teacher says why).
+- sparse_kd_loss: the teacher given as top-k ids and log-probs (a cached teacher) and, per
+  temperature, the tail's tempered log-mass: the tempered distribution folded onto top-k + one tail
+  bucket, exactly; the student's tempered distribution is folded onto the same k + 1 buckets
+  (bucket_teacher says what happens without the tail).
 - chunked_kd_loss: from hidden states and the LM-head weights. Logits are made chunk by
   chunk and each chunk's gradient is taken at once, so neither model's [N, V] logits
   exist in full at any time. PyTorch and transformers have no such fused head+loss on
@@ -118,58 +119,81 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return _mean(total, labels, normalizer)
 
 
-def _tempered_buckets(top: torch.Tensor, tail: torch.Tensor, tau: float) -> torch.Tensor:
-    """[N, k] top log-masses and [N] tail log-mass at tau = 1 -> [N, k + 1] log-probs, tempered as buckets."""
-    return F.log_softmax(torch.cat([top, tail.unsqueeze(-1)], dim=-1) / tau, dim=-1)
+def _folded(top: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """[N, k] and [N] log-masses -> [N, k + 1] log-probs over top-k + one tail bucket."""
+    return F.log_softmax(torch.cat([top, rest.unsqueeze(-1)], dim=-1), dim=-1)
 
 
-def bucket_teacher(top_ids: torch.Tensor, top_logp: torch.Tensor, tau: float, vocab: int | None = None) -> torch.Tensor:
+def leftover(top_logp: torch.Tensor) -> torch.Tensor:
+    """[N, k] top-k log-probs at tau = 1 -> [N] log(1 - sum of them), floored: what a top-k alone says of the
+    tail (a server's cache, or one written before tails were kept). fp16-rounded log-probs can sum to 1."""
+    return torch.log1p(-_up(top_logp).exp().sum(-1).clamp(max=1.0 - TAIL_FLOOR))
+
+
+def bucket_teacher(top_ids: torch.Tensor, top_logp: torch.Tensor, tau: float, vocab: int | None = None,
+                   tail: torch.Tensor | None = None) -> torch.Tensor:
     """[N, k] cached ids and log-probs (tau = 1) -> [N, k + 1] teacher log-probs over top-k + tail, at tau.
 
-    The tail bucket holds 1 - sum(top-k); each bucket is tempered as one outcome (p_b^(1/tau),
-    renormalised). bucket_student treats the student identically, so both sides are one family:
-    a student equal to its teacher has zero loss at any tau, and at k = V (no tail) the buckets are
-    the vocabulary and this equals dense tempering. The cached top-k cannot say how the tail would
-    spread under temperature, so at tau != 1 the target differs from an online teacher's in the tail.
+    Exact: with `tail` = [N] log sum over the ids outside the top-k of p^(1/tau) (the cache keeps it per
+    temperature), the buckets are the tempered distribution folded: top-k entries p_i^(1/tau) and the tail
+    sum_{j not in top-k} p_j^(1/tau), normalised. bucket_student folds the tempered student the same way,
+    so a student equal to its teacher has zero loss at any tau, and at k = V (no tail) this is dense
+    tempering. Without `tail` (a server teacher at tau != 1, or an older cache) the tail's leftover mass
+    1 - sum(top-k) is tempered as one bucket, and the student is folded then tempered to match (fold_first):
+    exact at tau = 1 only.
     """
     top = _up(top_logp)
-    if vocab is not None and top_ids.shape[-1] >= vocab:  # the top-k is the whole vocabulary: no tail
-        tail = torch.full(top.shape[:-1], -torch.inf, dtype=top.dtype, device=top.device)
-    else:  # a softmax leaves the tail some mass; fp16-rounded top-k can sum to 1, hence the floor
-        tail = torch.log1p(-top.exp().sum(-1).clamp(max=1.0 - TAIL_FLOOR))
-    return _tempered_buckets(top, tail, tau)
+    if vocab is not None and top_ids.shape[-1] >= vocab:  # the top-k is the whole vocabulary: an empty tail
+        return _folded(top / tau, torch.full(top.shape[:-1], -torch.inf, dtype=top.dtype, device=top.device))
+    if tail is not None:
+        return _folded(top / tau, _up(tail))
+    return _folded(top, leftover(top)) if tau == 1 else F.log_softmax(_folded(top, leftover(top)) / tau, dim=-1)
 
 
-def bucket_student(student_logits: torch.Tensor, top_ids: torch.Tensor, tau: float) -> torch.Tensor:
-    """[N, V] raw student logits -> [N, k + 1] log-probs over the teacher's top-k ids and the rest, at tau.
-
-    The rest's log-mass is a logsumexp over the ids outside the top-k (stable; no 1 - sum), and it is
-    -inf when the top-k covers the vocabulary. The student's log-partition cancels in the tempering.
-    """
+def bucket_student(student_logits: torch.Tensor, top_ids: torch.Tensor, tau: float,
+                   fold_first: bool = False) -> torch.Tensor:
+    """[N, V] raw student logits -> [N, k + 1] log-probs over the teacher's top-k ids and the rest, at tau:
+    the tempered distribution folded (fold_first: folded, then the buckets tempered, to match a teacher
+    whose tail is known only at tau = 1). The rest's log-mass is a logsumexp over the ids outside the
+    top-k (stable; no 1 - sum), and -inf when the top-k covers the vocabulary."""
     ids = top_ids.long()
-    top = student_logits.gather(-1, ids)
-    rest = student_logits.scatter(-1, ids, -torch.inf)
+    z = student_logits if fold_first else student_logits / tau
+    top = z.gather(-1, ids)
+    rest = z.scatter(-1, ids, -torch.inf)
     has_rest = torch.isfinite(rest).any(-1)
     lse = torch.logsumexp(torch.where(has_rest.unsqueeze(-1), rest, 0.0), dim=-1)  # finite input: no NaN grads
-    return _tempered_buckets(top, torch.where(has_rest, lse, -torch.inf), tau)
+    folded = _folded(top, torch.where(has_rest, lse, -torch.inf))
+    return F.log_softmax(folded / tau, dim=-1) if fold_first and tau != 1 else folded
+
+
+def _cached_views(top_ids, top_logp, tau: float, vocab: int, tail):
+    """The teacher's buckets and the student view that matches them (see bucket_teacher)."""
+    exact = tail is not None or tau == 1 or top_ids.shape[-1] >= vocab
+    t_logp = bucket_teacher(top_ids, top_logp, tau, vocab, tail)
+    return t_logp, lambda z, keep: bucket_student(z, top_ids[keep], tau, fold_first=not exact)
 
 
 def sparse_kd_loss(student_logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tensor,
                    labels: torch.Tensor, *, kind: str = "forward_kl", tau: float = 1.0, alpha: float = 0.5,
-                   beta: float = 0.5, normalizer=None) -> torch.Tensor:
-    """[N, V] student logits, teacher [N, k] top ids and log-probs, [N] labels -> scalar."""
+                   beta: float = 0.5, normalizer=None, tail: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, V] student logits, teacher [N, k] top ids and log-probs (and [N] tempered tail log-mass at tau),
+    [N] labels -> scalar."""
     _check(tau, alpha)
-    t_logp = bucket_teacher(top_ids, top_logp, tau, student_logits.shape[-1])
-    total = _token_losses(student_logits, t_logp, labels, kind=kind, tau=tau, alpha=alpha, beta=beta,
-                          view=lambda z, keep: bucket_student(z, top_ids[keep], tau))
+    t_logp, view = _cached_views(top_ids, top_logp, tau, student_logits.shape[-1], tail)
+    total = _token_losses(student_logits, t_logp, labels, kind=kind, tau=tau, alpha=alpha, beta=beta, view=view)
     return _mean(total, labels, normalizer)
+
+
+def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Gemma-style final logit soft-capping, cap * tanh(z / cap), as the model's own forward applies it."""
+    return cap * torch.tanh(logits / cap) if cap else logits
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
     """Loss of a linear LM head + distillation loss, gradients computed chunk by chunk in forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, teacher_chunk, chunk, opts):
+    def forward(ctx, hidden, weight, labels, teacher_chunk, chunk, opts, cap):
         grad_h = torch.zeros_like(hidden)
         grad_w = torch.zeros_like(weight) if weight.requires_grad else None
         total = hidden.new_zeros((), dtype=_up(hidden).dtype)
@@ -182,8 +206,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             with torch.enable_grad():
                 z = (h @ weight.detach().T).requires_grad_(True)  # [c, V], the only logits alive
                 t_logp, view = teacher_chunk(sl)
-                loss = _token_losses(z, t_logp, y, view=view, **opts)
-                (g,) = torch.autograd.grad(loss, z)
+                loss = _token_losses(softcap(z, cap), t_logp, y, view=view, **opts)
+                (g,) = torch.autograd.grad(loss, z)  # through the soft-cap, when the model has one
             total += loss.detach()
             g = g.to(weight.dtype)
             grad_h[sl] = g @ weight
@@ -196,30 +220,30 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_out, (grad_w * grad_out if ctx.has_w else None), None, None, None, None
+        return grad_h * grad_out, (grad_w * grad_out if ctx.has_w else None), None, None, None, None, None
 
 
 def chunked_kd_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                     teacher_hidden: torch.Tensor | None = None, teacher_weight: torch.Tensor | None = None,
                     top_ids: torch.Tensor | None = None, top_logp: torch.Tensor | None = None,
-                    kind: str = "forward_kl", tau: float = 1.0, alpha: float = 0.5, beta: float = 0.5,
-                    chunk: int = 512, normalizer=None) -> torch.Tensor:
+                    tail: torch.Tensor | None = None, kind: str = "forward_kl", tau: float = 1.0, alpha: float = 0.5,
+                    beta: float = 0.5, chunk: int = 512, normalizer=None, cap: float | None = None,
+                    teacher_cap: float | None = None) -> torch.Tensor:
     """Student [N, D] hidden states and [V, D] head weight, [N] labels; the teacher as hidden
-    states + head weight (online) or as top-k ids + log-probs (cached). -> scalar mean loss
-    (over `normalizer` tokens when given, see _mean)."""
+    states + head weight (online) or as top-k ids + log-probs (+ [N] tempered tail log-masses; cached).
+    cap / teacher_cap: the models' final logit soft-capping (Gemma 2), applied as their forward does.
+    -> scalar mean loss (over `normalizer` tokens when given, see _mean)."""
     _check(tau, alpha)
     if (teacher_hidden is None) == (top_ids is None):
         raise ValueError("give the teacher either as teacher_hidden + teacher_weight or as top_ids + top_logp")
 
     def teacher_chunk(sl):
         if top_ids is not None:
-            ids = top_ids[sl]
-            view = lambda z, keep: bucket_student(z, ids[keep], tau)  # noqa: E731
-            return bucket_teacher(ids, top_logp[sl], tau, weight.shape[0]), view
+            return _cached_views(top_ids[sl], top_logp[sl], tau, weight.shape[0], None if tail is None else tail[sl])
         with torch.no_grad():
-            zt = teacher_hidden[sl].to(teacher_weight.dtype) @ teacher_weight.T
+            zt = softcap(teacher_hidden[sl].to(teacher_weight.dtype) @ teacher_weight.T, teacher_cap)
             return F.log_softmax(_up(zt) / tau, dim=-1), None
 
     opts = dict(kind=kind, tau=tau, alpha=alpha, beta=beta)
-    total = _ChunkedHeadLoss.apply(hidden, weight, labels, teacher_chunk, chunk, opts)
+    total = _ChunkedHeadLoss.apply(hidden, weight, labels, teacher_chunk, chunk, opts, cap)
     return _mean(total, labels, normalizer)

@@ -26,14 +26,18 @@ def split_head(model):
     return backbone, head
 
 
-def kd_examples(rows: list[dict], eos_id: int, cache: dict | None) -> list[dict]:
-    """Training examples; with a cache, each carries its [n_targets, k] teacher rows."""
+def kd_examples(rows: list[dict], eos_id: int, cache: dict | None, tau: float = 1.0) -> list[dict]:
+    """Training examples; with a cache, each carries its [n_targets, k] teacher rows and, where the cache
+    holds it, the [n_targets] tempered tail log-mass at tau (then the cached target is exact)."""
     out = []
     for r in rows:
         ex = build_example(r, eos_id)
         if cache is not None:
-            ids, logp = cache[r["sample_id"]]
-            ex["top_ids"], ex["top_logp"] = ids, logp
+            rows_ = cache[r["sample_id"]]
+            ex["top_ids"], ex["top_logp"] = rows_.ids, rows_.logp
+            tail = rows_.tail_at(tau)
+            if tail is not None:
+                ex["tail"] = tail
         out.append(ex)
     return out
 
@@ -43,6 +47,8 @@ def kd_collate(examples: list[dict], pad_id: int) -> dict:
     if "top_ids" in examples[0]:  # rows in the order of the batch's valid target positions
         batch["top_ids"] = torch.cat([e["top_ids"] for e in examples])
         batch["top_logp"] = torch.cat([e["top_logp"] for e in examples])
+        if all("tail" in e for e in examples):
+            batch["tail"] = torch.cat([e["tail"] for e in examples])
     return batch
 
 
@@ -79,7 +85,9 @@ class DistillTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"][:, 1:]  # hidden state t predicts token t + 1
-        _, head = split_head(self.accelerator.unwrap_model(model))
+        inner = self.accelerator.unwrap_model(model)
+        _, head = split_head(inner)
+        cap = getattr(inner.config, "final_logit_softcapping", None)
         # through `model` itself, not its backbone: under DDP the wrapper's forward is what makes the
         # backward pass average gradients over processes. One position's logits; the last hidden state
         # (after the final norm) goes to the chunked loss.
@@ -92,7 +100,7 @@ class DistillTrainer(Trainer):
         # batch of 2b, as the Trainer's own causal-LM loss does for the student trained alone.
         on_policy = bool(inputs.get("on_policy"))  # the student's own tokens are no cross-entropy target
         opts = dict(kind=self.kd.kind, tau=self.kd.temperature, alpha=1.0 if on_policy else self.kd.alpha,
-                    beta=self.kd.beta, chunk=self.kd.chunk, normalizer=num_items_in_batch)
+                    beta=self.kd.beta, chunk=self.kd.chunk, normalizer=num_items_in_batch, cap=cap)
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
         if self.teacher is not None and (on_policy or "top_ids" not in inputs):
             t_backbone, t_head = split_head(self.teacher)
@@ -101,12 +109,13 @@ class DistillTrainer(Trainer):
                                       attention_mask=inputs["attention_mask"].to(self.teacher.device)).last_hidden_state
             t_h = t_hidden[:, :-1][valid.to(t_hidden.device)].to(h.device)
             loss = chunked_kd_loss(h, head.weight[:self.vocab], y, teacher_hidden=t_h,
-                                   teacher_weight=t_head.weight[:self.vocab].to(h.device), **opts)
+                                   teacher_weight=t_head.weight[:self.vocab].to(h.device),
+                                   teacher_cap=getattr(self.teacher.config, "final_logit_softcapping", None), **opts)
         else:
             if inputs["top_ids"].shape[0] != y.shape[0]:
                 raise DepthtuneError("cached teacher rows do not line up with the batch's target tokens")
             loss = chunked_kd_loss(h, head.weight[:self.vocab], y, top_ids=inputs["top_ids"],
-                                   top_logp=inputs["top_logp"], **opts)
+                                   top_logp=inputs["top_logp"], tail=inputs.get("tail"), **opts)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices \
                 and self.accelerator.num_processes > 1:  # DDP averages gradients over processes; undo that
             loss = loss * self.accelerator.num_processes

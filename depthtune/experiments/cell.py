@@ -5,7 +5,7 @@ Writes <cell>/cell.json (settings and resolved config), train/ (checkpoints whil
        an interrupted cell resumes from the last one), adapter/ (LoRA methods),
        evaluate/battery.{jsonl,json}, result.json (the done marker)
 
-Methods: full (every weight, distill.learning_rate), lora and prompt (a LoRA adapter of the
+Methods: full (every weight, distill.train.learning_rate), lora and prompt (a LoRA adapter of the
 given rank, train.learning_rate or 2e-4). In prompt distillation the teacher's samples and
 soft targets were made with the context in the prompt; the student sees the plain prompt.
 """
@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from .. import artifacts, distributed
+from ..config import side
 from ..distill.students import shared_vocab_size
 from ..distill.targets import ANSWER, retokenize, student_rows
 from ..errors import DepthtuneError
@@ -30,7 +31,7 @@ def pooled_rows(cp, samples: dict[str, list[dict]]) -> list[dict]:
     """The cell's teacher samples: its prompts only, filtered (correct, CDM line), pooled over
     teachers; sample ids carry their job so that two teachers' samples never collide."""
     wanted = set(cp.prompts)
-    sel = dataclasses.replace(cp.cfg.select, threshold=cp.cfg.distill.threshold)
+    sel = side(cp.cfg, ("select",)).select
     rows = []
     for key in cp.jobs:
         mine = [r for r in samples[key] if r["prompt_id"] in wanted]
@@ -38,8 +39,8 @@ def pooled_rows(cp, samples: dict[str, list[dict]]) -> list[dict]:
         rows += [{**r, "sample_id": f"{key}/{r['sample_id']}"} for r in kept]
     if not rows:
         raise DepthtuneError(f"no teacher sample of the cell's {len(wanted)} prompts is correct"
-                             + (f" with CDM >= {sel.threshold:g}" if sel.threshold else "")
-                             + "; use more prompts, a larger distill.k or a lower distill.threshold")
+                             + (f" with {sel.selector} >= {sel.threshold:g}" if sel.threshold is not None else "")
+                             + "; use more prompts, a larger distill.generate.k or a lower distill.select.threshold")
     return rows
 
 
@@ -70,7 +71,8 @@ def train(cell_dir: Path, cp, rows: list[dict], folder: Path, mdl, log):
         raise DepthtuneError(f"no teacher sample has an 'Answer:' line to build {s['targets']} targets from")
     full = s["method"] == "full"
     tcfg = dataclasses.replace(cfg.train, full=full, rank=s["rank"] or cfg.train.rank,
-                               learning_rate=cfg.distill.learning_rate if full else cfg.train.learning_rate or 2e-4)
+                               learning_rate=side(cfg, ("train",)).train.learning_rate if full
+                               else cfg.train.learning_rate or 2e-4)
     model = student if full else wrap_lora(student, tcfg)
     model.train()
     kwargs = {"sequential": cfg.distill.curriculum != "none"}
@@ -80,7 +82,7 @@ def train(cell_dir: Path, cp, rows: list[dict], folder: Path, mdl, log):
                                   student.get_output_embeddings().weight.shape[0])
         cache = soft_cache(cp, folder)
         check_matches(cache, rows)
-        kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache),
+        kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache, cfg.distill.temperature),
                       collate_fn=lambda b: kd_collate(b, tok.pad_token_id), kd=cfg.distill, vocab=vocab)
         if cfg.distill.on_policy > 0:  # the teacher scores the student's own samples live (on its plain prompt)
             g = cfg.generate

@@ -37,9 +37,10 @@ from typing import Any
 
 import yaml
 
-from ..config import RunConfig, _suggest, from_dict, locate, set_key, validate
+from ..config import RunConfig, validate
 from ..errors import DepthtuneError
 from ..models import resolve
+from ..typedconfig import from_dict, locate, set_key, suggest
 
 AXES = ("size", "diversity", "student", "method", "rank", "targets", "teachers", "seed")
 KEYS = ("name", "base", "teachers", "context", "axes", "keep_models", "evaluate_cdm")
@@ -127,7 +128,7 @@ def parse_sweep(data: Any, default_name: str = "sweep") -> Sweep:
         raise DepthtuneError("a sweep file is a mapping with 'base', 'teachers' and 'axes'")
     for key in data:
         if key not in KEYS:
-            raise DepthtuneError(f"unknown sweep key '{key}'{_suggest(key, KEYS)}; sweep keys are {', '.join(KEYS)}")
+            raise DepthtuneError(f"unknown sweep key '{key}'{suggest(key, KEYS)}; sweep keys are {', '.join(KEYS)}")
     base = validate(from_dict(RunConfig, data.get("base"), "base."))
     raw_teachers = data.get("teachers") or {"teacher": {}}
     if not isinstance(raw_teachers, dict):
@@ -186,7 +187,7 @@ def _check_axis_name(axis: str, base: RunConfig) -> None:
             return
         except DepthtuneError as e:
             raise DepthtuneError(f"unknown sweep axis: {e}") from None
-    raise DepthtuneError(f"unknown sweep axis '{axis}'{_suggest(axis, AXES)}; axes are {', '.join(AXES)} "
+    raise DepthtuneError(f"unknown sweep axis '{axis}'{suggest(axis, AXES)}; axes are {', '.join(AXES)} "
                          f"or a dotted config key such as distill.temperature")
 
 
@@ -230,7 +231,7 @@ def normalise(cell: Cell, sweep: Sweep, explicit: set[str]) -> Cell:
 
     method, _, rank = str(s["method"]).partition(":")
     if method not in METHODS:
-        bad(f"unknown method '{method}'{_suggest(method, METHODS)}; use full, lora or prompt")
+        bad(f"unknown method '{method}'{suggest(method, METHODS)}; use full, lora or prompt")
     if rank and s["rank"] is not None:
         bad("the rank is given twice (in the method and as the rank axis); give it once")
     rank = int(rank) if rank else s["rank"]
@@ -243,7 +244,7 @@ def normalise(cell: Cell, sweep: Sweep, explicit: set[str]) -> Cell:
     teachers = s["teachers"] if isinstance(s["teachers"], list) else [s["teachers"]]
     for t in teachers:
         if t not in sweep.teachers:
-            bad(f"unknown teacher '{t}'{_suggest(str(t), sweep.teachers)}; teachers are {', '.join(sweep.teachers)}")
+            bad(f"unknown teacher '{t}'{suggest(str(t), sweep.teachers)}; teachers are {', '.join(sweep.teachers)}")
     if not teachers:
         bad("teachers is empty; name at least one teacher")
     s["teachers"] = sorted(dict.fromkeys(teachers))
@@ -255,7 +256,7 @@ def normalise(cell: Cell, sweep: Sweep, explicit: set[str]) -> Cell:
             bad("prompt distillation has one teacher: the model with its context; drop the extra teachers")
         s["student"] = "self"
     if s["targets"] not in TARGETS:
-        bad(f"unknown targets '{s['targets']}'{_suggest(str(s['targets']), TARGETS)}")
+        bad(f"unknown targets '{s['targets']}'{suggest(str(s['targets']), TARGETS)}")
     if not (s["seed"] is not None and isinstance(s["seed"], int)):
         bad(f"seed must be an integer, got {s['seed']!r}")
     student = str(s["student"])
@@ -269,7 +270,7 @@ def normalise(cell: Cell, sweep: Sweep, explicit: set[str]) -> Cell:
         except DepthtuneError as e:
             bad(f"student: {e}")
     if isinstance(s["diversity"], str) and s["diversity"] not in DIVERSITY:
-        bad(f"unknown diversity '{s['diversity']}'{_suggest(s['diversity'], DIVERSITY)}; "
+        bad(f"unknown diversity '{s['diversity']}'{suggest(s['diversity'], DIVERSITY)}; "
             f"use one, several, all or a list of suites")
     if not (s["size"] == "all" or (isinstance(s["size"], int) and s["size"] >= 1)):
         bad(f"size must be a positive number of training prompts or 'all', got {s['size']!r}")

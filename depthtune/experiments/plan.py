@@ -16,10 +16,11 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import RunConfig
+from ..config import RunConfig, side
 from ..data import load_prompts
 from ..distill.targets import COT_SYSTEM
 from ..errors import DepthtuneError
+from ..selectors import SELECTORS
 from .grid import Cell, Sweep, cell_config, expand
 
 SOFT_TARGETS = ("answers", "cot")
@@ -42,6 +43,7 @@ class Job:
     prompts: set = field(default_factory=set)
     needs_cdm: bool = False
     template: str = "auto"  # data.template: how prompts become ids
+    taus: set = field(default_factory=lambda: {1.0})  # temperatures its cached top-k is exact at
 
     @property
     def key(self) -> str:
@@ -132,19 +134,23 @@ def make_plan(sweep: Sweep) -> Plan:
             g = cfg.generate
             job = Job(name=f"{name}+context" if s["method"] == "prompt" else name, model=t.model,
                       system_prompt=system, mode=mode, template=cfg.data.template,
-                      gen={"k": cfg.distill.k, "temperature": g.temperature, "top_p": g.top_p,
+                      gen={"k": side(cfg, ("generate",)).generate.k, "temperature": g.temperature, "top_p": g.top_p,
                            "max_new_tokens": _tokens(cfg, mode), "seed": g.seed, "batch_size": g.batch_size},
                       topk=0, eval_tokens=cfg.evaluate.max_new_tokens if mode == "answers" else cfg.distill.cot_max_new_tokens)
             job = jobs.setdefault(job.key, job)
             if soft and len(s["teachers"]) == 1:
                 job.topk = max(job.topk, cfg.distill.topk)
+                job.taus.add(cfg.distill.temperature)
             job.prompts.update(prompts)
-            job.needs_cdm |= cfg.distill.threshold > 0 or cfg.distill.curriculum == "cdm"
+            sel = side(cfg, ("select",)).select
+            job.needs_cdm |= SELECTORS[sel.selector].cdm or cfg.distill.curriculum == "cdm"
             keys.append(job.key)
         ens = None
         if soft and len(keys) > 1:
             ens = "+".join(sorted(jobs[k].name for k in keys)) + "-" + digest([sorted(keys), cfg.distill.topk])
-            e = ensembles.setdefault(ens, {"jobs": sorted(keys), "topk": cfg.distill.topk, "prompts": set()})
+            e = ensembles.setdefault(ens, {"jobs": sorted(keys), "topk": cfg.distill.topk, "prompts": set(),
+                                           "taus": {1.0}})
+            e["taus"].add(cfg.distill.temperature)
             e["prompts"].update(prompts)
         first = sweep.teachers[s["teachers"][0]]
         plan_cfg = cfg.to_dict()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from .. import reporting
 from .battery import CATEGORIES
 from .matched import cell_accuracy, label, rest_key
 
@@ -57,9 +58,7 @@ def draw_all(done: list[dict], folder: Path) -> dict[str, str]:
     written = {}
 
     def save(fig, name: str, title: str) -> None:
-        fig.tight_layout()
-        fig.savefig(folder / name, dpi=90)
-        plt.close(fig)
+        reporting.save(fig, folder / name)
         written[name] = title
 
     sized = matched(done, "size")

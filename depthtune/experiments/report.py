@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 from .. import artifacts, htmlpage, stats
-from ..stages.report import machine
+from ..reporting import machine
 from .battery import CATEGORIES, battery_of, transfer
 from .matched import cell_accuracy, label, rest_key
 

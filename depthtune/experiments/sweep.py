@@ -78,7 +78,8 @@ class Models:
 def run_job(folder: Path, job: Job, plan: Plan, mdl: Models, log) -> list[dict]:
     """Generate (only prompts not yet sampled), judge, score if needed, evaluate; -> all samples."""
     folder.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json(folder / "job.json", {**dataclasses.asdict(job), "prompts": sorted(job.prompts)})
+    artifacts.write_json(folder / "job.json", {**dataclasses.asdict(job), "prompts": sorted(job.prompts),
+                                                      "taus": sorted(job.taus)})
     samples = folder / "samples.jsonl"
     rows = artifacts.read_jsonl(samples) if samples.exists() else []
     have = {r["prompt_id"] for r in rows}
@@ -90,11 +91,11 @@ def run_job(folder: Path, job: Job, plan: Plan, mdl: Models, log) -> list[dict]:
         model, tok = mdl.get(job.model)
         g = job.gen
         log(f"[teacher {job.key}] sampling {len(missing)} prompts x {g['k']}")
-        sampler = LocalSampler(model, tok, job.template)
+        sampler = LocalSampler(model, tok, job.template, batch_size=g["batch_size"])
         new, _ = generate.sample_all(sampler, missing, rnd / "samples.partial.jsonl", k=g["k"],
                                      temperature=g["temperature"], top_p=g["top_p"], max_new_tokens=g["max_new_tokens"],
                                      batch_size=g["batch_size"], seed=g["seed"], system_prompt=job.system_prompt,
-                                     topk=job.topk, progress=log)
+                                     topk=job.topk, taus=tuple(sorted(job.taus)), progress=log)
         rows += [{**r, "correct": judge(r), "cdm": None} for r in new]
         artifacts.write_jsonl(samples, rows)
         artifacts.write_json(rnd / "done.json", {"prompts": len(missing), "samples": len(new), "topk": job.topk})
@@ -126,7 +127,8 @@ def backfill_topk(folder: Path, job: Job, rows: list[dict], mdl: Models, log) ->
         model, tok = mdl.get(job.model)
         log(f"[teacher {job.key}] top-{job.topk} rows for {len(missing)} earlier samples")
         ensemble.build(folder / "topk-backfill", [(model, tok, job.system_prompt)], missing, job.topk,
-                       model.get_output_embeddings().weight.shape[0], log=log, template=job.template)
+                       model.get_output_embeddings().weight.shape[0], log=log, template=job.template,
+                       taus=tuple(sorted(job.taus)))
 
 
 def run_ensemble(folder: Path, spec: dict, plan: Plan, samples: dict[str, list[dict]], mdl: Models, log) -> None:
@@ -149,7 +151,8 @@ def run_ensemble(folder: Path, spec: dict, plan: Plan, samples: dict[str, list[d
     log(f"[ensemble {folder.name}] averaging {len(teachers)} teachers over {len(rows)} samples")
     vocab = teachers[0][0].get_output_embeddings().weight.shape[0]
     ensemble.build(folder / "topk", teachers, rows, spec["topk"], vocab, log=log,
-                   template=plan.jobs[spec["jobs"][0]].template)  # one sweep, one template
+                   template=plan.jobs[spec["jobs"][0]].template,  # one sweep, one template
+                   taus=tuple(sorted(spec["taus"])))
     artifacts.write_manifest(folder, "ensemble", {}, jobs=spec["jobs"], samples=len(have) + len(rows),
                              topk=spec["topk"])
 

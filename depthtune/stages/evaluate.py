@@ -8,72 +8,18 @@ thing in both places. Answers are greedy by default (evaluate.temperature = 0).
 """
 from __future__ import annotations
 
-import gc
-import threading
+import dataclasses
 from pathlib import Path
-
-import torch
 
 from .. import artifacts, distributed
 from ..backends.local import LocalSampler
 from ..config import RunConfig
+from ..memory import PeakMemory
 from ..models import count_params
 from .generate import sample_shared
-from .score import judge, score_shared
+from .score import judged, score_shared
 
 WHICH = ("base", "tuned")
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096 / 2**20
-    except OSError:  # not Linux: the process high-water mark is the best we have
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _trim_heap() -> None:
-    """Give freed heap back to the OS, so RSS growth measures this phase, not what came before."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: measure as is
-        pass
-
-
-class PeakMemory:
-    """Peak memory of a phase: CUDA allocator peak, or on CPU the model's weights plus the
-    peak growth of resident memory above the phase's start (sampled every 20 ms)."""
-
-    def __init__(self, model):
-        self.model, self.device = model, next(model.parameters()).device
-        self.weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-
-    def __enter__(self):
-        gc.collect()
-        _trim_heap()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self.start = self.peak = _rss_mb()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self):
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, _rss_mb())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        if self.device.type == "cuda":
-            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            self.mb = self.weights_mb + max(0.0, self.peak - self.start)
 
 
 def deep_rate(rows: list[dict], deep_line: float) -> float:
@@ -119,7 +65,7 @@ def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=pr
     e = cfg.evaluate
     log(f"evaluate[{which}]: {len(items)} held-out prompts")
     caps = "--max-eval-prompts N or --set evaluate.max_new_tokens=N"
-    sampler = sampler or LocalSampler(model, tok, cfg.data.template)
+    sampler = sampler or LocalSampler(model, tok, cfg.data.template, batch_size=e.batch_size)
     if isinstance(sampler, LocalSampler):  # untimed warm-up: the first call pays for kernels and caches
         sampler.sample_chunk(items[:1], k=1, temperature=0.0, top_p=1.0, max_new_tokens=2, seed=0, system_prompt=None)
     with PeakMemory(model) as mem:
@@ -129,11 +75,12 @@ def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=pr
                                    max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=e.seed,
                                    system_prompt=cfg.data.system_prompt, progress=log,
                                    desc=f"evaluate[{which}] answers", hint=caps)
-    if cdm and model is not None:
-        scored = score_shared(model, tok, rows, cfg.score, stage_dir / f"{which}.scored.partial.jsonl", progress=log,
-                              desc=f"evaluate[{which}] CDM", hint="--max-eval-prompts N")
+    if cdm and e.cdm and model is not None:
+        scored = score_shared(model, tok, rows, dataclasses.replace(cfg.score, cdm=True),
+                              stage_dir / f"{which}.scored.partial.jsonl", progress=log, desc=f"evaluate[{which}] CDM",
+                              hint="--max-eval-prompts N", checker=cfg.data.checker)
     else:
-        scored = [{**r, "cdm": None, "correct": judge(r)} for r in rows]
+        scored = [{**r, "cdm": None, **judged(r, cfg.data.checker)} for r in rows]
     if not distributed.is_main():  # the main process writes the summary
         distributed.barrier()
         return artifacts.read_json(summary_path)

@@ -3,9 +3,10 @@
 Reads  <run>/prompts/train.jsonl
 Writes <run>/generate/samples.jsonl (+ manifest.json)
 
-Prompts go in fixed chunks, each with its own seed; a finished chunk is appended to
-samples.partial.jsonl and fsynced. A killed run resumes at the first unfinished chunk,
-so no sample is lost or written twice and the result equals an uninterrupted run's.
+Prompts go in fixed chunks; a finished chunk is appended to samples.partial.jsonl and fsynced. Every
+sample's seed derives from (generate.seed, prompt id, sample index), not from its chunk or batch. A killed
+run resumes at the first unfinished chunk, so no sample is lost or written twice and the result equals an
+uninterrupted run's.
 """
 from __future__ import annotations
 
@@ -18,11 +19,17 @@ from ..progress import Progress
 from ..teacher_cache import write_shard
 
 
+def chunk_prompts(batch_size: int, k: int) -> int:
+    """Prompts per chunk (the resume unit): 4 x batch_size sequences, so that continuous batching has
+    answers waiting to take a finished one's place."""
+    return max(1, 4 * batch_size // k)
+
+
 def sample_all(sampler, items: list[dict], partial: Path, *, k: int, temperature: float, top_p: float,
                max_new_tokens: int, batch_size: int, seed: int, system_prompt: str | None = None,
-               topk: int = 0, progress: Callable[[str], None] = print, desc: str = "generate",
-               hint: str | None = None) -> tuple[list[dict], float]:
-    """Sample every item in seeded chunks, appending each finished chunk to `partial`.
+               topk: int = 0, taus: tuple[float, ...] = (1.0,), progress: Callable[[str], None] = print,
+               desc: str = "generate", hint: str | None = None) -> tuple[list[dict], float]:
+    """Sample every item chunk by chunk, appending each finished chunk to `partial`.
 
     With topk > 0 each chunk's teacher top-k rows go to <partial's folder>/topk/chunk-NNNNN.safetensors,
     written before the chunk's rows are appended, so a resumed chunk rewrites its own shard.
@@ -30,7 +37,7 @@ def sample_all(sampler, items: list[dict], partial: Path, *, k: int, temperature
     shorten a long stage. -> (all rows in prompt order, generation seconds of all of them, resumed chunks
     included).
     """
-    per_chunk = max(1, batch_size // k)
+    per_chunk = chunk_prompts(batch_size, k)
     rows = artifacts.repair_partial(partial)
     done = {r["prompt_id"] for r in rows}
     if rows:
@@ -41,11 +48,11 @@ def sample_all(sampler, items: list[dict], partial: Path, *, k: int, temperature
         if all(it["id"] in done for it in chunk):
             continue
         new, secs, cached = sampler.sample_chunk(chunk, k=k, temperature=temperature, top_p=top_p,
-                                                 max_new_tokens=max_new_tokens, seed=seed * 1_000_003 + c,
-                                                 system_prompt=system_prompt, topk=topk)
+                                                 max_new_tokens=max_new_tokens, seed=seed,
+                                                 system_prompt=system_prompt, topk=topk, taus=taus)
         if topk:
             write_shard(partial.parent / "topk" / f"chunk-{c:05d}.safetensors", [r["sample_id"] for r in new],
-                        cached, sampler.vocab_size)
+                        cached, sampler.vocab_size, taus)
         artifacts.append_jsonl(partial, new)
         rows += new
         ntok = sum(len(r["completion_ids"]) for r in new)
@@ -58,13 +65,12 @@ def sample_all(sampler, items: list[dict], partial: Path, *, k: int, temperature
 
 def sample_shared(sampler, items: list[dict], partial: Path, **kw) -> tuple[list[dict], float]:
     """sample_all on this process's block of chunks under `accelerate launch` (see depthtune.distributed:
-    each chunk keeps its one-process seed; per-process partial files); -> every process's rows in
+    every sample keeps its one-process seed; per-process partial files); -> every process's rows in
     prompt order and their generation seconds, as sample_all returns them in one process."""
-    per_chunk = max(1, kw["batch_size"] // kw["k"])  # sample_all's chunks
+    per_chunk = chunk_prompts(kw["batch_size"], kw["k"])  # sample_all's chunks
 
     def work(part: list[dict], path: Path, first_chunk: int) -> list[dict]:
-        mine = distributed.OffsetSeeds(sampler, first_chunk) if first_chunk else sampler
-        return sample_all(mine, part, path, **kw)[0]
+        return sample_all(sampler, part, path, **kw)[0]
 
     rows = distributed.split_work(partial, items, work, unit_key="id", row_key="prompt_id", per_chunk=per_chunk,
                                   shards=kw.get("topk", 0) > 0)
@@ -81,6 +87,7 @@ def run(run_dir: Path, cfg: RunConfig, sampler) -> dict:
     rows, seconds = sample_shared(sampler, items, stage_dir / "samples.partial.jsonl", k=g.k,
                                temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                                batch_size=g.batch_size, seed=g.seed, system_prompt=cfg.data.system_prompt, topk=g.topk,
+                               taus=tuple(g.topk_taus),
                                hint="--max-train-prompts N, --k N or --set generate.max_new_tokens=N")
     if not distributed.is_main():  # the main process writes the stage's files
         return distributed.others_read(stage_dir, "generate")
@@ -94,6 +101,7 @@ def run(run_dir: Path, cfg: RunConfig, sampler) -> dict:
                                         backend=getattr(sampler, "name", "local"),
                                         served_model=getattr(sampler, "served_model", None),
                                         unmapped_tokens=getattr(sampler, "unmapped", None),
-                                        template=getattr(sampler, "template", None))
+                                        template=getattr(sampler, "template", None),
+                                        engine=getattr(sampler, "engine", None))
     (stage_dir / "samples.partial.jsonl").unlink(missing_ok=True)
     return distributed.main_wrote(manifest)

@@ -11,72 +11,43 @@ zero; otherwise the report says "no detectable change" and how wide the interval
 """
 from __future__ import annotations
 
-import platform
 from pathlib import Path
-
-import torch
 
 from .. import artifacts, htmlpage, stats
 from ..cdm import PARTS
+from ..reporting import (
+    PERCENT,
+    ROWS,
+    answer_cell,
+    change,
+    describe,
+    fmt,
+    machine,
+    paired,
+    paired_metric,
+    pairs,
+    prompt_of,
+    save,
+    side_by_side,
+)
 from . import benchmark, evaluate
 
-ROWS = [("mean_cdm", "Mean CDM", "{:.1f}"), ("deep_rate", "Deep rate (CDM >= {line:g})", "{:.0%}"),
-        ("accuracy", "Accuracy", "{:.0%}"), ("mean_completion_tokens", "Mean answer tokens", "{:.1f}"),
-        ("ms_per_token", "ms per token", "{:.1f}"), ("peak_memory_mb", "Peak memory (MB)", "{:.0f}")]
 HIGHER_IS_BETTER = {"mean_cdm": True, "deep_rate": True, "accuracy": True, "ms_per_token": False,
                     "mean_completion_tokens": None}
-SIGNALS = ("cdm", "mean_logprob") + PARTS  # what can rank samples: CDM, the trivial baseline, each part
+SIGNALS = ("cdm", "mean_logprob", "agreement") + PARTS  # what can rank samples: CDM, the free baselines, each part
 # Speed on the shared 2-core CPU: two evaluations of one and the same model differed by up to 13 %
 # (22.0 vs 19.4 ms per token), so a speed change is called only beyond this and its interval.
 NOISE = 0.15
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    import os
-
-    return f"CPU {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
-def paired(before: list[dict], after: list[dict]) -> dict:
-    """Per-prompt comparison of two evaluations on the same held-out prompts: fixed / broken answers
-    (exact McNemar), prompts whose CDM rose / fell (sign test)."""
-    b = {r["prompt_id"]: r for r in before}
-    pairs = [(b[r["prompt_id"]], r) for r in after if r["prompt_id"] in b]
-    judged = [(x["correct"], y["correct"]) for x, y in pairs if x.get("correct") is not None]
-    fixed = sum(1 for x, y in judged if not x and y)
-    broken = sum(1 for x, y in judged if x and not y)
-    scored = [(x, y) for x, y in pairs if x.get("cdm") is not None and y.get("cdm") is not None]
-    up = sum(1 for x, y in scored if y["cdm"] > x["cdm"])
-    down = sum(1 for x, y in scored if y["cdm"] < x["cdm"])
-    return {"prompts": len(pairs), "fixed": fixed, "broken": broken,
-            "accuracy_p": round(stats.binomial_two_sided(fixed, fixed + broken), 4) if judged else None,
-            "cdm_up": up, "cdm_down": down, "cdm_p": round(stats.binomial_two_sided(up, up + down), 4)}
-
-
-def per_prompt(row: dict, key: str, deep_line: float):
-    """One held-out answer's value of a metric (accuracy and deep rate as 0/1), None when unmeasured."""
-    if key == "accuracy":
-        return None if row.get("correct") is None else float(row["correct"])
-    if key == "deep_rate":
-        return None if row.get("cdm") is None else float(row["cdm"] >= deep_line)
-    if key == "mean_completion_tokens":
-        return float(len(row["completion_ids"]))
-    return row.get("cdm") if key == "mean_cdm" else None
-
-
 def deltas(before: list[dict], after: list[dict], deep_line: float) -> dict:
     """Paired before/after change of every per-prompt metric, with its bootstrap 95% interval."""
-    b = {r["prompt_id"]: r for r in before}
-    pairs = [(b[r["prompt_id"]], r) for r in after if r["prompt_id"] in b]
     out = {}
     for key in ("accuracy", "mean_cdm", "deep_rate", "mean_completion_tokens"):
-        vals = [(per_prompt(x, key, deep_line), per_prompt(y, key, deep_line)) for x, y in pairs]
-        vals = [(x, y) for x, y in vals if x is not None and y is not None]
-        if vals:
-            out[key] = stats.paired_delta([x for x, _ in vals], [y for _, y in vals])
-    timed = [(x, y) for x, y in pairs if x.get("gen_seconds") and y.get("gen_seconds")]
+        d = paired_metric(before, after, key, deep_line)
+        if d["n"]:
+            out[key] = d
+    timed = [(x, y) for x, y in pairs(before, after) if x.get("gen_seconds") and y.get("gen_seconds")]
     if timed:  # ms per token as total time over total tokens, resampled by prompt
         col = lambda side, f: [f(p[side]) for p in timed]  # noqa: E731
         out["ms_per_token"] = stats.paired_ratio_delta(
@@ -87,7 +58,8 @@ def deltas(before: list[dict], after: list[dict], deep_line: float) -> dict:
 
 def ranking_power(scored: list[dict]) -> dict:
     """How well each signal ranks correct above wrong samples: pooled over all samples, and within
-    prompt (pairs of one prompt's samples only), for CDM, the mean token log-prob and each CDM part."""
+    prompt (pairs of one prompt's samples only), for CDM, the mean token log-prob, majority agreement
+    (self-consistency) and each CDM part. Without labels it is empty: nothing to rank against."""
     judged = [r for r in scored if r.get("correct") is not None]
     out = {}
     for signal in SIGNALS:
@@ -151,8 +123,12 @@ def collect(run_dir: Path) -> dict:
         "deltas": deltas(base_rows, tuned_rows, deep_line),
         "selection": {"total": sel["total"], "kept": sel["kept"], "threshold": sel["threshold"],
                       "selector": sel.get("selector", "cdm"), "prompts_with_kept": sel["prompts_with_kept"],
-                      "degenerate_left_out": sel.get("degenerate_left_out", 0),
+                      "degenerate_left_out": sel.get("degenerate_left_out", 0), "line": sel.get("line", ""),
+                      "labelled": sel.get("labelled", bool(judged)), "eligible": sel.get("eligible"),
                       "correct_only": bool(judged) and sel["config"]["select"]["require_correct"]},
+        "leaked": artifacts.read_json(run_dir / "prompts" / "manifest.json").get("leaked", []),
+        "examples": side_by_side(base_rows, tuned_rows, ("base", "tuned")),
+        "extremes": extremes(artifacts.read_jsonl(run_dir / "select" / "selected.jsonl")),
         "method": tr["method"], "trainable_params": tr["trainable_params"], "base_params": tr["base_params"],
         "train_seconds": tr["train_seconds"], "train_examples": tr["examples"], "final_loss": tr["final_loss"],
         "cdm_auroc": power.get("cdm", {}).get("pooled"), "cdm_auroc_samples": len(judged), "auroc": power,
@@ -166,32 +142,15 @@ def collect(run_dir: Path) -> dict:
     }
 
 
-def _fmt(value, fmt: str) -> str:
-    return "n/a" if value is None else fmt.format(value)
-
-
-def describe(d: dict, scale: float = 1.0, unit: str = "", higher_is_better: bool | None = True) -> str:
-    """'improved, +4.1 points (95% interval +1.0 to +7.3)' or 'no detectable change (... ±x)'."""
-    if d.get("ci95") is None:
-        return f"{d['delta'] * scale:+.1f}{unit}, interval not computable (too few prompts)"
-    lo, hi = (x * scale for x in d["ci95"])
-    span = f"95% interval {lo:+.1f} to {hi:+.1f}{unit}"
-    if lo <= 0 <= hi or higher_is_better is None:
-        word = "no detectable change" if lo <= 0 <= hi else "changed"
-        return f"{word}: {d['delta'] * scale:+.1f}{unit} ({span}, ±{(hi - lo) / 2:.1f})"
-    word = "improved" if (lo > 0) == higher_is_better else "got worse"
-    return f"{word}, {d['delta'] * scale:+.1f}{unit} ({span})"
-
-
 def verdicts(m: dict) -> list[str]:
     lines, b, a, pr, dl = [], m["before"], m["after"], m["paired"], m["deltas"]
     units = {"accuracy": (100, " points"), "deep_rate": (100, " points"), "mean_cdm": (1, " CDM"),
              "mean_completion_tokens": (1, " tokens"), "ms_per_token": (1, " ms")}
-    for key, label, fmt in ROWS:
+    for key, label, pattern in ROWS:
         if key not in dl:
             continue
         label = label.format(line=m["deep_line"])
-        change = f"{_fmt(b.get(key), fmt)} -> {_fmt(a.get(key), fmt)}"
+        change = f"{fmt(b.get(key), pattern)} -> {fmt(a.get(key), pattern)}"
         d, (scale, unit) = dl[key], units[key]
         if key == "ms_per_token" and abs(d["delta"]) <= NOISE * max(abs(d["before"]), 1e-9):
             lines.append(f"- {label}: about the same ({change}; within the {NOISE:.0%} run-to-run noise of this machine).")
@@ -202,7 +161,7 @@ def verdicts(m: dict) -> list[str]:
         lines.append(f"- {label} ({change}): {describe(d, scale, unit, HIGHER_IS_BETTER[key])}{note}, "
                      f"n = {d['n']} prompts.")
     if "peak_memory_mb" in b:
-        lines.append(f"- Peak memory: {_fmt(b['peak_memory_mb'], '{:.0f}')} -> {_fmt(a['peak_memory_mb'], '{:.0f}')} "
+        lines.append(f"- Peak memory: {fmt(b['peak_memory_mb'], '{:.0f}')} -> {fmt(a['peak_memory_mb'], '{:.0f}')} "
                      f"MB (one measurement each; a merged adapter does not change the architecture).")
     acc, cdm = dl.get("accuracy"), dl.get("mean_cdm")
     if cdm and acc and cdm["ci95"] and cdm["ci95"][0] > 0 and acc["ci95"] and acc["ci95"][0] <= 0:
@@ -235,6 +194,9 @@ def ranking_lines(m: dict) -> list[str]:
 
 def warnings(m: dict) -> list[str]:
     out, s, tl = [], m["selection"], m["token_limit"]
+    if m.get("leaked"):
+        out.append(f"- **Leakage**: {len(m['leaked'])} held-out prompts are also training prompts; their figures "
+                   f"measure memory, not generalisation.")
     if s["kept"] < 50:
         out.append(f"- **Small training set**: the adapter learned from {s['kept']} examples; effects this small a "
                    f"set can teach are hard to tell from noise.")
@@ -253,31 +215,63 @@ def warnings(m: dict) -> list[str]:
     return out
 
 
+def summary_line(m: dict) -> str:
+    """The line the command line prints under the table."""
+    s, au = m["selection"], m["auroc"].get("cdm")
+    within = (au or {}).get("within_prompt", {}).get("value")
+    auroc = (f"; CDM AUROC {au['pooled']:.2f} pooled, {within:.2f} within prompt" if au and within is not None
+             else f"; CDM AUROC {au['pooled']:.2f} pooled" if au else "")
+    labels = "" if s["labelled"] else "; selected without labels"
+    return (f"kept {s['kept']}/{s['total']} samples ({s['line'] or s['selector']}){labels}; "
+            f"{m['trainable_params']:,} trainable params; trained {m['train_seconds']:.0f} s{auroc}")
+
+
+def extremes(selected: list[dict], most: int = 2) -> list[str]:
+    """The deepest and shallowest selected samples by CDM, with their scores: what the selector picked."""
+    scored = sorted((r for r in selected if r.get("cdm") is not None), key=lambda r: -r["cdm"])
+    if len(scored) < 2:
+        return []
+    picks = [("deepest", r) for r in scored[:most]] + [("shallowest", r) for r in scored[-most:][::-1]]
+    lines = ["| | prompt | sample | CDM | mean log-prob | correct |", "|---|---|---|---|---|---|"]
+    for kind, r in picks:
+        lp = "n/a" if r.get("mean_logprob") is None else f"{r['mean_logprob']:.2f}"
+        lines.append(f"| {kind} | {answer_cell(prompt_of(r))} | {answer_cell(r['completion'])} | {r['cdm']:.1f} | {lp} | "
+                     f"{'n/a' if r.get('correct') is None else 'yes' if r['correct'] else 'no'} |")
+    return lines
+
+
 def render(m: dict) -> str:
     b, a = m["before"], m["after"]
     table = ["| metric | before | after | change (95% interval) |", "|---|---|---|---|"]
-    for key, label, fmt in ROWS:
-        d = m["deltas"].get(key)
-        scale = 100 if key in ("accuracy", "deep_rate") else 1
-        ci = (f"{d['delta'] * scale:+.1f} ({d['ci95'][0] * scale:+.1f} to {d['ci95'][1] * scale:+.1f})"
-              if d and d["ci95"] else "")
-        table.append(f"| {label.format(line=m['deep_line'])} | {_fmt(b.get(key), fmt)} | {_fmt(a.get(key), fmt)} | {ci} |")
+    for key, label, pattern in ROWS:
+        if b.get(key) is None and a.get(key) is None:
+            continue
+        table.append(f"| {label.format(line=m['deep_line'])} | {fmt(b.get(key), pattern)} | {fmt(a.get(key), pattern)} "
+                     f"| {change(m['deltas'].get(key), 100 if key in PERCENT else 1)} |")
     s = m["selection"]
     share = m["trainable_params"] / max(1, m["base_params"])
-    how = (f"CDM >= {s['threshold']:g}" if s["selector"] == "cdm" else f"selector {s['selector']}")
+    labels = ("Selection used the reference answers (correct samples only)." if s["labelled"] else
+              "**Selection used no labels**: no reference answer decided which samples were kept"
+              + (" (the references judged the held-out answers only)." if m["auroc"] or b.get("accuracy") is not None
+                 else "."))
     return "\n".join([
         "# depthtune report", "",
         f"Model: {m['model']}. Machine: {m['machine']}. Sampling backend: {m['backend']}. "
         f"Prompt template: {m['template']}.", "",
-        f"Selection: kept {s['kept']} of {s['total']} samples ({how}{', correct only' if s['correct_only'] else ''}), "
-        f"from {s['prompts_with_kept']} prompts.",
+        f"Selection: kept {s['kept']} of {s['total']} samples: {s['line'] or s['selector']}; from "
+        f"{s['prompts_with_kept']} prompts. {labels}",
         f"Training: {m['method']}, {m['trainable_params']:,} trainable of {m['base_params']:,} parameters "
         f"({share:.2%}), {m['train_examples']} examples, {m['train_seconds']:.0f} s, final loss {m['final_loss']:.3f}.", "",
         f"Held-out prompts: {b['samples']} (never trained on), greedy answers. Changes are paired over these prompts; "
         f"the interval is a bootstrap over prompts.", "",
         *table, "", "## What changed", "", *verdicts(m), "", *suite_table(m),
+        *(["## Answers before and after", "", "A few held-out prompts the tuned model now gets right, gets wrong, and "
+           "answers differently but no better:", "", *m["examples"], ""] if m.get("examples") else []),
+        *(["## What was selected", "", "The deepest and the shallowest of the samples the adapter trained on:", "",
+           *m["extremes"], ""] if m.get("extremes") else []),
         *(benchmark.render(m["lm_eval"]) if m.get("lm_eval") else []),
-        "![CDM before and after](cdm.png)", "", "![Accuracy by suite](suites.png)", "",
+        *(["![CDM before and after](cdm.png)", ""] if b.get("mean_cdm") is not None else []),
+        "![Accuracy by suite](suites.png)", "",
     ])
 
 
@@ -296,19 +290,20 @@ def plot(run_dir: Path, m: dict) -> None:
     import matplotlib.pyplot as plt
 
     run_dir, deep_line = Path(run_dir), m["deep_line"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     scores = {w: [r["cdm"] for r in artifacts.read_jsonl(run_dir / "evaluate" / f"{w}.jsonl") if r.get("cdm") is not None]
               for w in ("base", "tuned")}
-    every = scores["base"] + scores["tuned"] + [deep_line]
-    lo, hi = max(0.0, min(every) - 5), min(100.0, max(every) + 5)
-    bins = [lo + i * (hi - lo) / 30 for i in range(31)]
-    for which, colour in (("base", "tab:gray"), ("tuned", "tab:blue")):
-        ax.hist(scores[which], bins=bins, alpha=0.6, color=colour,
-                label=f"{'before' if which == 'base' else 'after'} (n={len(scores[which])})")
-    ax.axvline(deep_line, color="black", linestyle="--", linewidth=1, label=f"deep line {deep_line:g}")
-    ax.set(xlabel="CDM on held-out prompts", ylabel="samples")
-    ax.legend()
-    save(fig, run_dir / "cdm.png")
+    if scores["base"] or scores["tuned"]:  # held-out answers scored with CDM (evaluate.cdm)
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        every = scores["base"] + scores["tuned"] + [deep_line]
+        lo, hi = max(0.0, min(every) - 5), min(100.0, max(every) + 5)
+        bins = [lo + i * (hi - lo) / 30 for i in range(31)]
+        for which, colour in (("base", "tab:gray"), ("tuned", "tab:blue")):
+            ax.hist(scores[which], bins=bins, alpha=0.6, color=colour,
+                    label=f"{'before' if which == 'base' else 'after'} (n={len(scores[which])})")
+        ax.axvline(deep_line, color="black", linestyle="--", linewidth=1, label=f"deep line {deep_line:g}")
+        ax.set(xlabel="CDM on held-out prompts", ylabel="samples")
+        ax.legend()
+        save(fig, run_dir / "cdm.png")
     before, after = m["accuracy_by_suite"]["before"], m["accuracy_by_suite"]["after"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = list(before) or ["(no references)"]
@@ -322,17 +317,9 @@ def plot(run_dir: Path, m: dict) -> None:
     save(fig, run_dir / "suites.png")
 
 
-def save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
 def run(run_dir: Path) -> dict:
     m = collect(run_dir)
+    m["summary_line"] = summary_line(m)
     plot(run_dir, m)
     md = render(m)
     artifacts.write_text(Path(run_dir) / "report.md", md)

@@ -1,4 +1,5 @@
-"""Stage 2, score: CDM, its parts, the mean token log-prob, degenerate flags and correctness per sample.
+"""Stage 2, score: CDM, its parts, the mean token log-prob, degenerate flags, correctness and majority
+votes per sample.
 
 Reads  <run>/generate/samples.jsonl
 Writes <run>/score/scored.jsonl (+ manifest.json)
@@ -13,6 +14,12 @@ The perturbed pass (Gaussian noise on the input embeddings: seeded per prompt fo
 positions, so its cache is shared too, and per sample for the completion) needs no attention weights
 and runs with the model's fast attention. The LM head runs chunk by chunk over positions: no
 [batch, length, vocabulary] logits are kept. The maths lives in depthtune.cdm.
+
+With score.cdm off there is no forward pass: the mean log-prob is the sampler's own record.
+
+Votes (self-consistency): each sample's answer_key (the number it answers with, else its stated text,
+depthtune.checking), its agreement (the share of its prompt's samples that give the same answer) and
+`majority` (its answer is the prompt's single most common one, given by two samples or more).
 """
 from __future__ import annotations
 
@@ -26,11 +33,12 @@ import torch.nn.functional as F
 
 from .. import artifacts, cdm, distributed, models
 from ..backends import left_pad
-from ..checking import is_correct
+from ..checking import answer_key
 from ..config import RunConfig, ScoreConfig
 from ..degenerate import FLAGS, flags
 from ..errors import DepthtuneError
 from ..progress import Progress
+from ..verifiers import judge
 
 HEAD_CHUNK = 256  # positions per LM-head chunk
 
@@ -190,11 +198,6 @@ def score_batch(model, rows: list[dict], pad_id: int, noise: float, seed: int,
     return out
 
 
-def judge(row: dict) -> bool | None:
-    """The reference-answer verdict (None when the prompt has no reference)."""
-    return is_correct(row["completion"], row["answer"], row["checker"]) if row.get("answer") is not None else None
-
-
 def batches(rows: list[dict], size: int) -> list[list[dict]]:
     """Whole prompts per batch (their samples share the prompt's cache), shortest first to limit padding;
     a prompt with more samples than `size` gets batches of its own."""
@@ -219,24 +222,59 @@ def cost(batch: list[dict]) -> int:
     return sum(map(len, prompts)) + sum(len(r["completion_ids"]) for r in batch)
 
 
+def judged(row: dict, checker: str | None) -> dict:
+    correct, check = judge(row, checker)
+    return {"correct": correct, **({"check": check} if check is not None else {})}
+
+
+def without_cdm(row: dict) -> dict:
+    """What the score stage records when it runs no model: the sampler's mean log-prob, no CDM."""
+    lp = row.get("logprobs")
+    return dict(cdm=None, mean_logprob=round(sum(lp) / len(lp), 5) if lp else None, **{p: None for p in cdm.PARTS})
+
+
 def score_rows(model, tok, rows: list[dict], cfg: ScoreConfig, partial: Path | None = None,
-               progress=print, desc: str = "score", hint: str | None = None) -> list[dict]:
+               progress=print, desc: str = "score", hint: str | None = None, checker: str | None = None) -> list[dict]:
     """Score rows batch by batch; resumable through `partial` (each finished batch appended). Progress
-    (a bar on a terminal, else `progress` lines) counts tokens; `hint` names the caps of a long stage."""
+    (a bar on a terminal, else `progress` lines) counts tokens; `hint` names the caps of a long stage.
+    `checker` is data.checker (a verifier's module:function, or a built-in name)."""
     done = {r["sample_id"]: r for r in (artifacts.repair_partial(partial) if partial else [])}
     if done:
         progress(f"  resuming: {len(done)} samples already scored")
     todo = batches([r for r in rows if r["sample_id"] not in done], cfg.batch_size)
     bar = Progress(sum(map(cost, todo)), desc, unit="token", log=progress, hint=hint)
     for batch in todo:
-        scores = score_batch(model, batch, tok.pad_token_id, cfg.noise, cfg.seed, cfg.weights)
-        new = [{**r, **s, "correct": judge(r), "degenerate": flags(r)} for r, s in zip(batch, scores)]
+        scores = score_batch(model, batch, tok.pad_token_id, cfg.noise, cfg.seed, cfg.weights) if cfg.cdm \
+            else [without_cdm(r) for r in batch]
+        new = [{**r, **s, **judged(r, checker), "degenerate": flags(r)} for r, s in zip(batch, scores)]
         if partial:
             artifacts.append_jsonl(partial, new)
         done.update((n["sample_id"], n) for n in new)
         bar.update(cost(batch), samples=f"{len(done)}/{len(rows)}")
     bar.close()
     return [done[r["sample_id"]] for r in rows]
+
+
+def votes(rows: list[dict]) -> list[dict]:
+    """Each row with its answer_key, agreement (share of its prompt's samples giving the same answer) and
+    majority (its answer is the prompt's unique most common one, given at least twice)."""
+    from collections import Counter
+
+    keys = [answer_key(r["completion"]) if r["completion_ids"] else None for r in rows]
+    by: dict[str, Counter] = {}
+    size: dict[str, int] = {}
+    for r, k in zip(rows, keys):
+        size[r["prompt_id"]] = size.get(r["prompt_id"], 0) + 1
+        if k is not None:
+            by.setdefault(r["prompt_id"], Counter())[k] += 1
+    out = []
+    for r, k in zip(rows, keys):
+        tally = by.get(r["prompt_id"], Counter())
+        top = tally.most_common(2)
+        unique = bool(top) and top[0][1] >= 2 and (len(top) == 1 or top[0][1] > top[1][1])
+        out.append({**r, "answer_key": k, "agreement": round(tally[k] / size[r["prompt_id"]], 4) if k else 0.0,
+                    "majority": bool(unique and k == top[0][0])})
+    return out
 
 
 def score_shared(model, tok, rows: list[dict], cfg: ScoreConfig, partial: Path, **kw) -> list[dict]:
@@ -261,14 +299,17 @@ def run(run_dir: Path, cfg: RunConfig, model, tok) -> dict:
     stage_dir.mkdir(parents=True, exist_ok=True)
     rows = artifacts.read_jsonl(Path(run_dir) / "generate" / "samples.jsonl")
     scored = score_shared(model, tok, rows, cfg.score, stage_dir / "scored.partial.jsonl",
-                          hint="--max-train-prompts N or --k N")
+                          hint="--max-train-prompts N or --k N", checker=cfg.data.checker)
     if not distributed.is_main():  # the main process writes the stage's files
         return distributed.others_read(stage_dir, "score")
+    scored = votes(scored)
     artifacts.write_jsonl(stage_dir / "scored.jsonl", scored)
     judged = [r["correct"] for r in scored if r["correct"] is not None]
+    with_cdm = [r["cdm"] for r in scored if r.get("cdm") is not None]
     manifest = artifacts.write_manifest(
         stage_dir, "score", cfg.to_dict(), samples=len(scored),
-        mean_cdm=round(sum(r["cdm"] for r in scored) / max(1, len(scored)), 3),
-        accuracy=round(sum(judged) / len(judged), 4) if judged else None, degenerate=degenerate_counts(scored))
+        mean_cdm=round(sum(with_cdm) / len(with_cdm), 3) if with_cdm else None,
+        accuracy=round(sum(judged) / len(judged), 4) if judged else None, degenerate=degenerate_counts(scored),
+        majority=sum(r["majority"] for r in scored))
     (stage_dir / "scored.partial.jsonl").unlink(missing_ok=True)
     return distributed.main_wrote(manifest)

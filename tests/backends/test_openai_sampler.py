@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from backends.helpers_backends import backend, suite_items
 
-from depthtune.backends.openai import OpenAISampler, request_seed
+from depthtune.backends import request_seed
+from depthtune.backends.openai import OpenAISampler
 from depthtune.errors import DepthtuneError
 from depthtune.prompting import prompt_ids
 from depthtune.teacher_cache import check_matches, load_cache, write_shard

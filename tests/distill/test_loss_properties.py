@@ -178,6 +178,7 @@ def test_gradient_accumulation_makes_the_update_of_one_double_batch(tmp_path, ti
     from depthtune import models
     from depthtune.config import DistillConfig
     from depthtune.distill.trainer import DistillTrainer, kd_collate, kd_examples
+    from depthtune.teacher_cache import Rows
 
     tok = models.load_tokenizer(str(tiny_model_dir))
     g = torch.Generator().manual_seed(0)
@@ -187,7 +188,7 @@ def test_gradient_accumulation_makes_the_update_of_one_double_batch(tmp_path, ti
         rows.append({"sample_id": f"s{i}", "prompt_ids": [1, 2, 3 + i], "completion_ids": torch.randint(5, 300, (n,),
                      generator=g).tolist(), "finished": True})
         logp, ids = torch.randn(n + 1, len(tok), generator=g).log_softmax(-1).topk(8, dim=-1)
-        cache[f"s{i}"] = (ids.int(), logp.half())
+        cache[f"s{i}"] = Rows(ids.long(), logp.half().float())
     examples = kd_examples(rows, tok.eos_token_id, cache)
 
     def one_step(batch, accum):

@@ -1,4 +1,5 @@
-from depthtune.stages.report import by_suite, paired
+from depthtune.reporting import paired
+from depthtune.stages.report import by_suite
 
 
 def test_paired_counts_fixed_and_broken_by_prompt():

@@ -1,6 +1,7 @@
 import pytest
 
 from depthtune.config import SelectConfig
+from depthtune.stages.score import votes
 from depthtune.stages.select import explain_small, quantile, select
 
 
@@ -11,26 +12,26 @@ def row(pid, j, cdm, correct=True, text=None, **extra):
 
 def test_threshold_and_correctness():
     rows = [row("a", 0, 85), row("a", 1, 79.9), row("a", 2, 90, correct=False), row("b", 0, 80)]
-    kept, yields = select(rows, SelectConfig(threshold=80))
+    kept, yields, _ = select(rows, SelectConfig(threshold=80))
     assert [r["sample_id"] for r in kept] == ["a#0", "b#0"]
     assert yields == {"a": [1, 3], "b": [1, 1]}
-    kept, _ = select(rows, SelectConfig(threshold=80, require_correct=False))
+    kept, _, _ = select(rows, SelectConfig(threshold=80, require_correct=False))
     assert {r["sample_id"] for r in kept} == {"a#0", "a#2", "b#0"}
 
 
 def test_unjudged_samples_pass_the_correctness_filter():
-    kept, _ = select([row("a", 0, 85, correct=None)], SelectConfig(threshold=80))
+    kept, _, _ = select([row("a", 0, 85, correct=None)], SelectConfig(threshold=80))
     assert len(kept) == 1
 
 
 def test_dedup_and_max_per_prompt_keep_the_deepest():
     rows = [row("a", 0, 81, text="Same answer."), row("a", 1, 95, text="same answer"),
             row("a", 2, 88, text="other"), row("a", 3, 84, text="third")]
-    kept, _ = select(rows, SelectConfig(threshold=80))
+    kept, _, _ = select(rows, SelectConfig(threshold=80))
     assert [r["sample_id"] for r in kept] == ["a#1", "a#2", "a#3"]
-    kept, _ = select(rows, SelectConfig(threshold=80, max_per_prompt=2))
+    kept, _, _ = select(rows, SelectConfig(threshold=80, max_per_prompt=2))
     assert [r["sample_id"] for r in kept] == ["a#1", "a#2"]
-    kept, _ = select(rows, SelectConfig(threshold=80, dedup=False))
+    kept, _, _ = select(rows, SelectConfig(threshold=80, dedup=False))
     assert len(kept) == 4
 
 
@@ -45,7 +46,7 @@ def test_empty_selection_explains_distribution_and_a_threshold_keeping_ten_perce
     msg = explain_small(rows, SelectConfig(threshold=80), 0)
     assert "max 10.0" in msg and "median 5.0" in msg
     assert "--threshold 9.0 would keep about 10%" in msg
-    kept, _ = select(rows, SelectConfig(threshold=9.0))
+    kept, _, _ = select(rows, SelectConfig(threshold=9.0))
     assert len(kept) == 2  # 9 and 10: about 10 % of 11
 
 
@@ -83,7 +84,7 @@ def test_degenerate_samples_are_left_out_unless_asked():
 
 def test_a_selection_below_the_minimum_names_the_settings_that_would_keep_enough():
     rows = [row("p", i, float(60 + i)) for i in range(30)]
-    kept, _ = select(rows, SelectConfig(threshold=88))
+    kept, _, _ = select(rows, SelectConfig(threshold=88))
     assert len(kept) == 2
     msg = explain_small(rows, SelectConfig(threshold=88, min_kept=16), len(kept))
     assert msg.startswith("selection kept 2 of 30 samples, fewer than select.min_kept = 16")
@@ -95,8 +96,81 @@ def test_a_small_pool_is_blamed_on_the_pool_not_the_threshold():
     """Every eligible sample passed the line; the cut-off ones were the problem (the CI case)."""
     rows = [row("p", 0, 79.7)] + [row("p", i, 70.0, degenerate=["unfinished"]) for i in range(1, 6)]
     cfg = SelectConfig(threshold=0, min_kept=16)
-    kept, _ = select(rows, cfg)
+    kept, _, _ = select(rows, cfg)
     msg = explain_small(rows, cfg, len(kept))
     assert "only 1 of the 6 samples are correct, non-degenerate samples (5 degenerate samples were left out: " \
            "5 unfinished)" in msg
-    assert "threshold" not in msg and "--keep" not in msg and "generate.max_new_tokens" in msg
+    assert "--threshold" not in msg and "--keep" not in msg and "generate.max_new_tokens" in msg
+
+
+def test_the_relative_line_keeps_the_top_share_and_at_least_min_kept():
+    rows = [row("p", i, float(i)) for i in range(40)]
+    kept, _, line = select(rows, SelectConfig(top_share=0.25, min_kept=4))
+    assert sorted(r["cdm"] for r in kept) == [float(i) for i in range(30, 40)]  # the deepest quarter
+    assert line == "the top 25% by CDM of 40 correct, non-degenerate samples"
+    kept, _, line = select(rows, SelectConfig(top_share=0.25, min_kept=16))
+    assert len(kept) == 16 and "raised to select.min_kept = 16" in line
+
+
+def test_a_task_off_the_built_in_scale_still_trains():
+    """Every eligible sample sits below the built-in CDM line of 75: the relative line keeps the best of them."""
+    rows = [row(f"p{i // 4}", i % 4, 40.0 + i / 10) for i in range(60)]
+    kept, _, _ = select(rows, SelectConfig())
+    assert len(kept) == 30 and min(r["cdm"] for r in kept) > max(r["cdm"] for r in rows if r not in kept)
+    assert select(rows, SelectConfig(threshold=75))[0] == []  # an absolute line calibrated elsewhere keeps none
+
+
+def vote_rows():
+    """Prompt a: 3 of 4 answer 12; prompt b: a tie; prompt c: one answer alone."""
+    out = []
+    for j, (text, cdm) in enumerate([("12", 70), ("The answer is 12.", 80), ("so 10 + 2 = 12", 60), ("13", 99)]):
+        out.append(row("a", j, cdm, correct=None, text=text))
+    for j, text in enumerate(["5", "6", "5", "6"]):
+        out.append(row("b", j, 50.0, correct=None, text=text))
+    out.append(row("c", 0, 90.0, correct=None, text="7"))
+    return votes(out)
+
+
+def test_votes_count_one_answer_however_it_is_written():
+    rows = {r["sample_id"]: r for r in vote_rows()}
+    assert [rows[f"a#{j}"]["agreement"] for j in range(4)] == [0.75, 0.75, 0.75, 0.25]
+    assert [rows[f"a#{j}"]["majority"] for j in range(4)] == [True, True, True, False]
+    assert not any(rows[f"b#{j}"]["majority"] for j in range(4))  # a tie is no majority
+    assert not rows["c#0"]["majority"]  # an answer given once is no agreement
+
+
+def test_majority_selectors_use_no_labels():
+    rows = vote_rows()
+    kept, _, line = select(rows, SelectConfig(selector="majority", require_correct=False, min_kept=0))
+    assert [r["sample_id"] for r in kept] == ["a#0", "a#1", "a#2"] and "majority answer" in line
+    kept, _, _ = select(rows, SelectConfig(selector="majority_cdm", require_correct=False, keep=2))
+    assert [r["sample_id"] for r in kept] == ["a#0", "a#1"]  # the deepest two of the majority
+    wrong = [{**r, "correct": False} for r in rows]  # labels present but not required: ignored
+    assert len(select(wrong, SelectConfig(selector="majority", require_correct=False, min_kept=0))[0]) == 3
+    assert select(wrong, SelectConfig(selector="majority", min_kept=0))[0] == []  # required: they decide
+
+
+def test_a_verifier_decides_correctness(tmp_path, monkeypatch):
+    import sys
+
+    from depthtune.errors import DepthtuneError
+    from depthtune.verifiers import judge, load_checker
+
+    (tmp_path / "my_checks.py").write_text(
+        "def even(prompt, completion, reference):\n    return int(completion) % 2 == 0\n"
+        "def score(prompt, completion, reference):\n    return 0.7\n"
+        "def bad(prompt, completion, reference):\n    return 'yes'\n"
+        "def boom(prompt, completion, reference):\n    raise ValueError('no number')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert judge({"completion": "4", "prompt": "x"}, "my_checks:even") == (True, 1.0)
+    assert judge({"completion": "5", "prompt": "x", "answer": None}, "my_checks:even") == (False, 0.0)
+    assert judge({"completion": "5", "prompt": "x"}, "my_checks:score") == (True, 0.7)
+    with pytest.raises(DepthtuneError, match="returned 'yes' on sample s1; it must return a bool or a score"):
+        judge({"completion": "5", "prompt": "x", "sample_id": "s1"}, "my_checks:bad")
+    with pytest.raises(DepthtuneError, match="raised ValueError: no number on sample s2"):
+        judge({"completion": "x", "prompt": "x", "sample_id": "s2"}, "my_checks:boom")
+    for spec, msg in (("nope_module:f", "cannot import nope_module"), ("my_checks:missing", "has no function missing"),
+                      ("justaname:", "module:function")):
+        with pytest.raises(DepthtuneError, match=msg):
+            load_checker(spec)
+    sys.modules.pop("my_checks", None)
