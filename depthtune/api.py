@@ -55,8 +55,8 @@ class RunResult:
     run_dir: Path
     metrics: dict
     """Everything the report shows (metrics.json)."""
-    rounds: list[dict] = field(default_factory=list)
-    """With rounds > 1: per round, accuracy with its interval against the base and the round before."""
+    rounds: dict = field(default_factory=dict)
+    """With rounds > 1 (rounds.json): per round, accuracy with its interval against the base and the round before."""
     rounds_lines: list[str] = field(default_factory=list)
 
     @property
@@ -66,7 +66,7 @@ class RunResult:
 
     @property
     def report(self) -> Path:
-        return self.run_dir / "report.md"
+        return self.run_dir / ("rounds.md" if self.rounds else "report.md")
 
 
 def run(config=None, run_dir: str | Path = "runs/depthtune", *, redo: bool = False, log=print) -> RunResult | None:

@@ -253,6 +253,16 @@ def command(args) -> int:
     return 0
 
 
+def disk_full(e: BaseException | None) -> bool:
+    """ENOSPC, however the library that hit it reported it (safetensors raises a plain Exception)."""
+    while e is not None:
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e) \
+                or "os error 28" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .models import quiet
@@ -266,11 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("depthtune: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except OSError as e:  # the disk filled up, the folder became read-only: the machine, not the input
+    except Exception as e:  # the disk filled up, the folder became read-only: the machine, not the input
         if args.debug:
             raise
-        where = f" writing {e.filename}" if e.filename else ""
-        if e.errno == errno.ENOSPC:
+        if not isinstance(e, OSError) and not disk_full(e):  # an unexpected failure: one line unless --debug
+            print(f"depthtune: failed: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+            return 1
+        where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
+        if disk_full(e):
             print(f"depthtune: error: no space left on the device{where}; free some space and run the same "
                   f"command again: finished work is kept, half-written files are not used", file=sys.stderr)
         elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
@@ -281,11 +294,6 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         return 2
-    except Exception as e:  # an unexpected failure: one line unless --debug
-        if args.debug:
-            raise
-        print(f"depthtune: failed: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":

@@ -146,6 +146,12 @@ class TrainConfig:
     """Checkpoint every this many optimiser steps (resume point after an interruption)."""
     seed: int = 0
     """Seeds the adapter's initial weights, the data order and dropout: the same seed gives the same run."""
+    base: str | None = None
+    """The model the adapter is trained on; None = model.name (the model that sampled). Rounds in restart
+    mode train every round's adapter on the first round's base while the round before's tuned model samples."""
+    padding_free: bool = False
+    """Pack each batch into one row with position ids restarting per example (no padding computed); the
+    same loss as padded batches (tests/stages/test_train.py)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of keeping them: less memory, ~30% slower
     steps (the usual companion of --quantize on a large model)."""
@@ -222,12 +228,14 @@ class EvaluateConfig:
 @dataclass
 class BackendConfig:
     kind: str = "auto"
-    """auto, local (transformers in this process), openai (any OpenAI-compatible server: vLLM, SGLang,
-    llama.cpp, TGI, hosted APIs) or llama-server (llama.cpp's server on the model's GGUF, started and
-    stopped by depthtune). auto = llama-server for a GGUF model (the embedded one is) sampled on CPU
-    when llama-server is installed (2-3x faster there), else local; the generate manifest records which
-    ran. Evaluation stays in this process for the base and the tuned model alike unless `evaluate` is
-    set, so before and after are measured the same way."""
+    """auto (= local), local (this process: continuous batching over the model in the precision it is
+    scored and trained in), openai (any OpenAI-compatible server: vLLM, SGLang, llama.cpp, TGI, hosted
+    APIs) or llama-server (llama.cpp's server on the model's GGUF, started and stopped by depthtune). On
+    2 CPU cores the in-process batcher samples the embedded model about as fast as llama-server (127 vs
+    135 tok/s; 1.3x with top-20 log-probs, docs/results.md), from the fp32 weights the run scores and
+    trains rather than Q4_1 ones, and on every machine alike; the generate manifest records which ran.
+    Evaluation stays in this process for the base and the tuned model alike unless `evaluate` is set, so
+    before and after are measured the same way."""
     base_url: str | list[str] | None = None
     """The server's address, e.g. http://127.0.0.1:8000/v1 (openai), or a list of replicas' addresses:
     requests are spread over the healthy ones."""
@@ -272,8 +280,9 @@ class AblateConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Training seeds per selector (the random selector also draws its samples with it)."""
     keep: int | None = None
-    """Samples each selector keeps; None = what the smallest selector's eligible pool holds, at most
-    a quarter of the samples."""
+    """Samples each selector keeps; None = what the smallest selector's eligible pool holds."""
+    resources: dict = field(default_factory=lambda: {"cpus_per_cell": 1, "gpus_per_cell": 0})
+    """What each cell asks of a Ray cluster (--executor ray): cpus_per_cell, gpus_per_cell."""
 
 
 @dataclass

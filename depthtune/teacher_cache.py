@@ -145,6 +145,16 @@ def cached_ids(folder: Path) -> set[str]:
     return out
 
 
+TAIL_FLOOR = 1e-6  # least leftover mass: log-probs rounded for storage can sum to 1
+
+
+def leftover_logmass(top_logp: torch.Tensor) -> torch.Tensor:
+    """[N, k] top-k log-probs at tau = 1 -> [N] log(1 - sum of them), floored at TAIL_FLOOR: all that a top-k
+    alone says of the tail (a server's cache, or one written before tails were kept)."""
+    up = top_logp.float() if top_logp.dtype in (torch.float16, torch.bfloat16) else top_logp
+    return torch.log1p(-up.exp().sum(-1).clamp(max=1.0 - TAIL_FLOOR))
+
+
 def topk_rows(logits: torch.Tensor, k: int, taus: tuple[float, ...] = (1.0,)) -> tuple[torch.Tensor, ...]:
     """[T, V] raw logits -> ([T, k] ids, [T, k] fp32 log-probs, [T, len(taus)] tempered tail log-masses)."""
     logp = torch.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=-1)

@@ -123,8 +123,8 @@ def test_compare_distils_under_two_processes_as_in_one(tiny_model_dir, tmp_path)
     process's target tokens and scaled back by the process count, it trains the student one process does."""
     from safetensors.torch import load_file
 
-    args = ["compare", "--teacher", str(tiny_model_dir), "--student-layers", "1", "--set", "distill.k=2",
-            "--set", "distill.topk=5", "--set", "distill.learning_rate=0.001", *COMMON[4:]]
+    args = ["compare", "--teacher", str(tiny_model_dir), "--student-layers", "1", "--set", "distill.generate={k: 2}",
+            "--set", "distill.topk=5", "--set", "distill.train={learning_rate: 0.001}", *COMMON[4:]]
     assert main(["--debug", *args, "--run-dir", str(tmp_path / "one"), *ONE]) == 0
     out = launch([*args, "--run-dir", str(tmp_path / "two"), *TWO])
     assert out.returncode == 0, out.stderr[-3000:]

@@ -8,9 +8,8 @@ server listens on 127.0.0.1 only, on a free port, and is stopped by stop(), at i
 by the kernel when this process dies (PR_SET_PDEATHSIG), so no server outlives its run. It runs in
 its own session, so Ctrl-C reaches depthtune, which then stops it, rather than both at once.
 
-choose_backend() resolves backend kind "auto": on CPU, llama-server sampled the embedded model
-2-3x faster than transformers in this process (bench/bench_backends.py), so a GGUF model sampled
-on CPU goes to llama-server when it is installed, everything else stays local.
+choose_backend() resolves backend kind "auto", to in-process sampling: on 2 CPU cores the continuous
+batcher is about as fast as llama-server on the embedded model (bench/bench_backends.py).
 """
 from __future__ import annotations
 
@@ -45,19 +44,10 @@ def find_binary() -> str | None:
         return shutil.which("llama-server")
 
 
-def choose_backend(kind: str, model_name: str | None, device: str = "auto") -> str:
-    """backend.kind -> the kind that runs: "auto" is llama-server for a GGUF model sampled on CPU when
-    llama-server is installed, else local; other kinds stay as they are."""
-    if kind != "auto":
-        return kind
-    from .. import models
-
-    try:
-        models.gguf_path(model_name)
-    except DepthtuneError:  # not a GGUF file (or not there: loading it will say so)
-        return "local"
-    on_cpu = device != "cuda" and models.pick_device(device).type == "cpu"
-    return "llama-server" if on_cpu and find_binary() else "local"
+def choose_backend(kind: str, model_name: str | None = None, device: str = "auto") -> str:
+    """backend.kind -> the kind that runs: "auto" samples in this process (see BackendConfig.kind for the
+    measurement behind it); other kinds stay as they are."""
+    return "local" if kind == "auto" else kind
 
 
 def free_port() -> int:

@@ -63,12 +63,12 @@ class StepRecorder(LogitsProcessor):
         return chosen, torch.stack(self.top_ids, 1), torch.stack(self.top_logp, 1), torch.stack(self.tails, 1)
 
 
-def stop_ids(model, tok) -> set[int]:
-    """Every id generation stops on: the generation config's end tokens and the tokenizer's."""
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-    if tok.eos_token_id is not None:
-        ids.add(tok.eos_token_id)
+def stop_ids(model, tok=None) -> set[int]:
+    """Every id generation stops on: the generation config's end tokens, the model config's and the tokenizer's."""
+    ids = set()
+    for eos in (model.generation_config.eos_token_id, getattr(model.config, "eos_token_id", None),
+                getattr(tok, "eos_token_id", None)):
+        ids |= set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
     return ids
 
 
@@ -101,8 +101,9 @@ class LocalSampler:
         if self.engine == "continuous batching":
             results = decode(model, requests, pad_id=tok.pad_token_id, stop_ids=stop_ids(model, tok),
                              max_batch=self.batch_size, **opts)
-        else:
-            results = self._generate(prompts, k, seed, **opts)
+        else:  # batches of batch_size sequences, each decoded until its longest answer ends
+            per = max(1, self.batch_size // k)
+            results = [res for b in range(0, len(prompts), per) for res in self._generate(prompts[b:b + per], k, seed, **opts)]
         if next(model.parameters()).device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

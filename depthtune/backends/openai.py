@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,6 +70,15 @@ def api_key(env: str | None) -> str:
     return key
 
 
+def tails_of(logp: torch.Tensor, taus: tuple[float, ...]) -> torch.Tensor:
+    """[n, k] top-k log-probs -> [n, len(taus)]: the tail's log-mass log(1 - sum p) at tau = 1, NaN elsewhere
+    (what a top-k cannot tell)."""
+    from ..teacher_cache import leftover_logmass
+
+    left = leftover_logmass(logp.double()).float()
+    return torch.stack([left if abs(t - 1.0) < 1e-9 else torch.full_like(left, float("nan")) for t in taus], -1)
+
+
 def server_says(e: openai.APIStatusError) -> str:
     """The server's own error message, first line."""
     body = e.body if isinstance(e.body, dict) else {}
@@ -76,8 +86,28 @@ def server_says(e: openai.APIStatusError) -> str:
     return str(err.get("message") or e.message or f"HTTP {e.status_code}").splitlines()[0][:300]
 
 
+@dataclass
+class Replica:
+    """One server of a run: its client, whether it still answers, and its requests in flight."""
+    url: str
+    client: openai.OpenAI
+    alive: bool = True
+    inflight: int = 0
+
+
+class AllServersLost(Exception):
+    pass
+
+
 class OpenAISampler:
-    """Answers from an OpenAI-compatible server; the same rows and top-k rows as LocalSampler."""
+    """Answers from an OpenAI-compatible server, or several replicas of one (backend.base_url a list): the
+    same rows and top-k rows as LocalSampler.
+
+    Several replicas: each request goes to the live one with the fewest requests in flight; a replica whose
+    connection fails (after the SDK's retries) is dropped, with a line in the log, and the request goes to
+    another; when none is left the run stops, resumably. Every request carries its sample's own seed, so
+    which replica answers does not change the sample (a server that batches requests may round differently:
+    give it one slot per request in flight for answers that match bit for bit)."""
 
     def __init__(self, cfg, tok, log=print, template: str = "auto"):
         self.cfg, self.tok, self.log = cfg, tok, log
@@ -86,9 +116,15 @@ class OpenAISampler:
             raise DepthtuneError("--template raw sends the prompt text as given, which the chat endpoint cannot "
                                  "(the server applies its chat template); use --set backend.endpoint=completions")
         self.name = cfg.kind if cfg.kind in ("openai", "llama-server") else "openai"
-        self.url = cfg.base_url
-        self.client = openai.OpenAI(base_url=cfg.base_url, api_key=api_key(cfg.api_key_env), timeout=cfg.timeout,
-                                    max_retries=cfg.retries)
+        urls = [cfg.base_url] if isinstance(cfg.base_url, str) else list(cfg.base_url)
+        self.url = ", ".join(urls)
+        key = api_key(cfg.api_key_env)
+        # with replicas to fall back on, a dead one is given up after one retry rather than cfg.retries
+        retries = cfg.retries if len(urls) == 1 else min(cfg.retries, 1)
+        self.replicas = [Replica(u, openai.OpenAI(base_url=u, api_key=key, timeout=cfg.timeout, max_retries=retries))
+                         for u in urls]
+        self.client = self.replicas[0].client
+        self._lock = threading.Lock()
         self.served_model = self._pick_model(cfg.model)
         self.tmap = TokenMap(tok)
         self.pool = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="depthtune-openai")
@@ -102,43 +138,79 @@ class OpenAISampler:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
+        for r in self.replicas:
+            r.client.close()
+
+    def _pick(self) -> Replica:
+        with self._lock:
+            alive = [r for r in self.replicas if r.alive]
+            if not alive:
+                raise AllServersLost()
+            r = min(alive, key=lambda x: x.inflight)
+            r.inflight += 1
+            return r
+
+    def _call(self, fn):
+        """fn(client) on a live replica; a replica that cannot be reached is dropped and the call goes to another."""
+        while True:
+            replica = self._pick()
+            try:
+                return fn(replica.client)
+            except openai.APIConnectionError:
+                if len(self.replicas) == 1:
+                    raise
+                with self._lock:
+                    if replica.alive:
+                        replica.alive = False
+                        left = sum(r.alive for r in self.replicas)
+                        self.log(f"  lost the server at {replica.url}; {left} of {len(self.replicas)} left")
+            finally:
+                with self._lock:
+                    replica.inflight -= 1
 
     # -- errors ---------------------------------------------------------------------------------
 
-    def _fail(self, e: openai.APIError, midway: bool) -> DepthtuneError:
+    def _fail(self, e: openai.APIError, midway: bool, url: str | None = None) -> DepthtuneError:
         """An SDK error (after its retries) -> one line that says what to do."""
+        url = url or self.url
         resume = "; run the same command again to resume from the last finished chunk" if midway else ""
         if isinstance(e, openai.APIConnectionError):
             what = "lost the server" if midway else "cannot reach the server"
             kind = "timed out" if isinstance(e, openai.APITimeoutError) else "connection failed"
             fix = resume or "; start the server or fix --base-url"
-            return DepthtuneError(f"{what} at {self.url} ({kind} after {self.cfg.retries} retries){fix}")
+            return DepthtuneError(f"{what} at {url} ({kind} after {self.cfg.retries} retries){fix}")
         if isinstance(e, openai.AuthenticationError):
-            return DepthtuneError(f"the server at {self.url} refused the API key (HTTP 401); put the right key in "
+            return DepthtuneError(f"the server at {url} refused the API key (HTTP 401); put the right key in "
                                   f"the environment variable named by --api-key-env")
         if isinstance(e, openai.NotFoundError):
             name = getattr(self, "served_model", None) or self.cfg.model or "?"
-            return DepthtuneError(f"the server at {self.url} answered 404 for model '{name}': "
+            return DepthtuneError(f"the server at {url} answered 404 for model '{name}': "
                                   f"{server_says(e)}; check --base-url (it ends in /v1) and --served-model")
         if isinstance(e, openai.RateLimitError):
-            return DepthtuneError(f"the server at {self.url} kept answering 429 (rate limit) after "
+            return DepthtuneError(f"the server at {url} kept answering 429 (rate limit) after "
                                   f"{self.cfg.retries} retries; lower --set backend.concurrency{resume}")
         if isinstance(e, openai.APIStatusError):  # a 4xx comes back on a rerun: no point suggesting one
             again = resume if e.status_code >= 500 else ""
-            return DepthtuneError(f"the server at {self.url} answered HTTP {e.status_code}: {server_says(e)}{again}")
-        return DepthtuneError(f"the server at {self.url} sent an answer that is not OpenAI-shaped ({e}){resume}")
+            return DepthtuneError(f"the server at {url} answered HTTP {e.status_code}: {server_says(e)}{again}")
+        return DepthtuneError(f"the server at {url} sent an answer that is not OpenAI-shaped ({e}){resume}")
 
     def _pick_model(self, wanted: str | None) -> str:
-        """The server's model to ask: the one named (it must be listed), else its only one."""
+        """The model to ask: the one named (every replica must list it), else the servers' only one."""
+        picked = {r.url: self._model_of(wanted, r.client, r.url) for r in self.replicas}
+        if len(set(picked.values())) > 1:
+            raise DepthtuneError(f"the servers serve different models ({', '.join(f'{u}: {m}' for u, m in picked.items())}); "
+                                 f"give --base-url only replicas of one model, or name it with --served-model")
+        return next(iter(picked.values()))
+
+    def _model_of(self, wanted: str | None, client, url: str) -> str:
         try:
-            listed = self.client.with_options(max_retries=min(self.cfg.retries, 2)).models.list().model_dump()
+            listed = client.with_options(max_retries=min(self.cfg.retries, 2)).models.list().model_dump()
         except openai.NotFoundError:  # a server without /v1/models: trust the name given
             if wanted:
                 return wanted
-            raise DepthtuneError(f"the server at {self.url} does not list its models; name one with --served-model")
+            raise DepthtuneError(f"the server at {url} does not list its models; name one with --served-model")
         except openai.APIError as e:
-            raise self._fail(e, midway=False) from None
+            raise self._fail(e, midway=False, url=url) from None
         names = {}
         for m in listed.get("data") or []:  # llama.cpp also answers to its aliases
             for n in [m.get("id")] + list(m.get("aliases") or []):
@@ -146,11 +218,11 @@ class OpenAISampler:
         if wanted is None:
             ids = sorted({v for v in names.values() if v})
             if len(ids) != 1:
-                raise DepthtuneError(f"the server at {self.url} serves {len(ids)} models ({', '.join(ids) or 'none'}); "
+                raise DepthtuneError(f"the server at {url} serves {len(ids)} models ({', '.join(ids) or 'none'}); "
                                      f"pick one with --served-model NAME")
             return ids[0]
         if wanted not in names:
-            raise DepthtuneError(f"the server at {self.url} has no model '{wanted}'; it serves: "
+            raise DepthtuneError(f"the server at {url} has no model '{wanted}'; it serves: "
                                  f"{', '.join(sorted(set(names.values())))}; pass one of them to --served-model")
         return wanted
 
@@ -165,10 +237,10 @@ class OpenAISampler:
         common = {"model": self.served_model, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
                   **({"seed": seed} if seed is not None else {})}
         if self.cfg.endpoint == "chat":
-            r = self.client.chat.completions.create(messages=prompt, logprobs=True,
-                                                    **({"top_logprobs": depth} if depth else {}), **common)
+            r = self._call(lambda c: c.chat.completions.create(messages=prompt, logprobs=True,
+                                                               **({"top_logprobs": depth} if depth else {}), **common))
         else:  # logprobs=0 means "none" on llama.cpp: ask for at least the top one
-            r = self.client.completions.create(prompt=prompt, logprobs=max(depth, 1), **common)
+            r = self._call(lambda c: c.completions.create(prompt=prompt, logprobs=max(depth, 1), **common))
         choices = r.model_dump().get("choices") or []
         if not choices:
             raise DepthtuneError(f"the server at {self.url} answered with no choices for model '{self.served_model}'")
@@ -218,8 +290,11 @@ class OpenAISampler:
     # -- sampling -------------------------------------------------------------------------------
 
     def sample_chunk(self, items: list[dict], *, k: int, temperature: float, top_p: float, max_new_tokens: int,
-                     seed: int, system_prompt: str | None, topk: int = 0) -> tuple[list[dict], float, list]:
-        """k completions per item -> (rows, wall seconds, per-row (ids [n, topk], logp [n, topk]) when topk > 0)."""
+                     seed: int, system_prompt: str | None, topk: int = 0,
+                     taus: tuple[float, ...] = (1.0,)) -> tuple[list[dict], float, list]:
+        """k completions per item -> (rows, wall seconds, per row (ids [n, topk], logp [n, topk], tails [n, len(taus)])
+        when topk > 0). A server gives its top-k only: the tail's log-mass is known at tau = 1 (log(1 - sum)),
+        and NaN at other temperatures (the cached loss then tempers the tail as one bucket)."""
         ids = [prompt_ids(self.tok, it, system_prompt, self.template) for it in items]
         prompts = [self._prompt(p, it, system_prompt) for p, it in zip(ids, items)]
         depth = self._depth(prompts[0], topk) if topk else 0
@@ -239,11 +314,14 @@ class OpenAISampler:
                                finished=s.finished, seconds=seconds / len(samples), text=s.text)
                 for r, s in enumerate(samples)]
         self._count(samples)
-        return rows, seconds, [s.top for s in samples] if topk else []
+        return rows, seconds, [(*s.top, tails_of(s.top[1], taus)) for s in samples] if topk else []
 
     def _sample(self, prompt, params: dict, topk: int) -> Sample:
         try:
             return self._convert(self._ask(prompt, **params), prompt, topk, params["depth"])
+        except AllServersLost:
+            raise DepthtuneError(f"lost every server ({self.url}); run the same command again to resume from the "
+                                 f"last finished chunk") from None
         except openai.APIError as e:
             raise self._fail(e, midway=True) from None
 
@@ -287,7 +365,7 @@ class OpenAISampler:
     def _top_rows(self, steps: list[Step], topk: int) -> tuple[tuple[torch.Tensor, torch.Tensor], list[str]]:
         """Steps -> (ids int32 [n, topk], logp fp16 [n, topk]) of the first topk alternatives that map."""
         ids = torch.zeros(len(steps), topk, dtype=torch.int32)
-        logp = torch.zeros(len(steps), topk, dtype=torch.float16)
+        logp = torch.zeros(len(steps), topk)
         dropped = []
         for t, step in enumerate(steps):
             row: dict[int, float] = {}
@@ -304,7 +382,7 @@ class OpenAISampler:
                                      f"in the local vocabulary (not: {', '.join(map(repr, dropped[-5:]))}); top-k "
                                      f"rows need {topk}: serve the model --model names, or lower generate.topk")
             ids[t] = torch.tensor(list(row), dtype=torch.int32)
-            logp[t] = torch.tensor(list(row.values())).to(torch.float16)
+            logp[t] = torch.tensor(list(row.values()))
         return (ids, logp), dropped
 
     def _count(self, samples: list[Sample]) -> None:

@@ -78,16 +78,37 @@ def build_student(run_dir: Path, cfg: RunConfig, teacher, tok) -> dict:
     if s_params >= t_params:
         raise DepthtuneError(f"the teacher ({t_params:,} parameters) is not larger than the student "
                              f"({s_params:,}); swap them or pick a smaller student")
-    if cfg.distill.alpha > 0:
+    cross = tok.get_vocab() != s_tok.get_vocab()
+    if cross:  # another vocabulary: the student reads the teacher's text; soft targets through ULD, online
+        check_cross_tokenizer(cfg, tok, s_tok)
+        vocab = None
+    elif cfg.distill.alpha > 0:
         vocab = shared_vocab_size(tok, s_tok, teacher.get_output_embeddings().weight.shape[0],
                                   student.get_output_embeddings().weight.shape[0])
-    else:  # sequence-level only: the teacher's text is re-tokenized for the student, any vocabulary will do
+    else:  # sequence-level only
         vocab = None
     with artifacts.atomic_path(stage / "model") as tmp:
         student.save_pretrained(tmp, safe_serialization=True)
         s_tok.save_pretrained(tmp)
     return artifacts.write_manifest(stage, "student", cfg.to_dict(), source=d.student or "pruned teacher",
-                                    layers_kept=plan, params=s_params, teacher_params=t_params, shared_vocab=vocab)
+                                    layers_kept=plan, params=s_params, teacher_params=t_params, shared_vocab=vocab,
+                                    cross_tokenizer=cross and cfg.distill.alpha > 0)
+
+
+def check_cross_tokenizer(cfg: RunConfig, teacher_tok, student_tok) -> None:
+    """What a student with another tokenizer can learn from, refused in one line before any teacher work:
+    the teacher's text (sequence-level, alpha 0) always; its distributions (alpha > 0) through ULD, which
+    needs the online teacher's full distribution, on teacher-written text."""
+    d = cfg.distill
+    mismatch = (f"the teacher's tokenizer ({len(teacher_tok):,} tokens) is not the student's "
+                f"({len(student_tok):,} tokens)")
+    if d.alpha > 0 and not d.online:
+        raise DepthtuneError(f"{mismatch}: a cached top-k names the teacher's own token ids, which the student does "
+                             f"not have; add --online (logit distillation across tokenizers through ULD), or set "
+                             f"distill.alpha=0 (sequence-level)")
+    if d.alpha > 0 and d.on_policy > 0:
+        raise DepthtuneError(f"{mismatch}: on-policy distillation has the teacher score the student's own tokens; "
+                             f"set distill.on_policy=0, or use a student with the teacher's tokenizer")
 
 
 def curriculum_order(rows: list[dict], how: str) -> list[dict]:
@@ -113,7 +134,9 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
     student = student if train_cfg.full else wrap_lora(student, train_cfg)
     student.train()
     kwargs, stats = {}, {}
-    if name == "distilled":
+    if name == "distilled" and s_manifest.get("cross_tokenizer"):
+        kwargs.update(cross_tokenizer_training(rows, cfg, tok, teacher, stats))
+    elif name == "distilled":
         if s_manifest["shared_vocab"] is None:  # another vocabulary: the student reads the teacher's text
             rows = retokenize(rows, tok)
         rows = curriculum_order(student_rows(rows, cfg.distill.targets, tok, cfg.data.system_prompt, cfg.data.template),
@@ -129,9 +152,10 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
                 check_matches(cache, rows)
             g = cfg.generate
             sampling = dict(temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
-                            pad_id=tok.pad_token_id, stop_ids={tok.eos_token_id})
+                            pad_id=tok.pad_token_id)
             kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache, cfg.distill.temperature),
-                          collate_fn=lambda b: kd_collate(b, tok.pad_token_id), kd=cfg.distill, teacher=teacher,
+                          collate_fn=lambda b: kd_collate(b, tok.pad_token_id, train_cfg.padding_free), kd=cfg.distill,
+                          teacher=teacher,
                           sampling=sampling, counts=stats, vocab=s_manifest["shared_vocab"])
     model, seconds, loss = fit(student, tok, rows, train_cfg, stage, log=log, report_to=cfg.report_to,
                                run_name=f"{Path(run_dir).resolve().name}-{name}", log_dir=Path(run_dir) / "logs" / name,
@@ -146,11 +170,26 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
     manifest = artifacts.write_manifest(stage, name, cfg.to_dict(), examples=len(rows), train_seconds=round(seconds, 2),
                                         final_loss=round(float(loss), 5), method=cfg.distill.method,
                                         targets=cfg.distill.targets if name == "distilled" else "reference answers",
-                                        teacher=None if name != "distilled" else "online" if cfg.distill.online
+                                        teacher=None if name != "distilled" else
+                                        "online, across tokenizers (ULD)" if s_manifest.get("cross_tokenizer")
+                                        else "online" if cfg.distill.online
                                         else "cached top-k" if cfg.distill.alpha > 0 else "sequence-level only",
+                                        aligned_positions=stats.get("aligned"), target_tokens=stats.get("targets"),
                                         on_policy=cfg.distill.on_policy if name == "distilled" else None,
                                         on_policy_batches=stats.get("on_policy_batches"), batches=stats.get("batches"))
     return distributed.main_wrote(manifest)
+
+
+def cross_tokenizer_training(rows: list[dict], cfg: RunConfig, student_tok, teacher, stats: dict) -> dict:
+    """fit() arguments for a student with another tokenizer: ULD against the online teacher."""
+    from .trainer import CrossTokenizerTrainer, cross_collate, cross_examples
+
+    t_tok = models.load_tokenizer(cfg.distill.teacher)
+    sys_prompt, template = cfg.data.system_prompt, cfg.data.template
+    examples = cross_examples(rows, student_tok, t_tok, {r["sample_id"]: r["prompt_ids"] for r in rows},
+                              {r["sample_id"]: prompt_ids(student_tok, r, sys_prompt, template) for r in rows})
+    return dict(trainer_cls=CrossTokenizerTrainer, examples=examples, kd=cfg.distill, teacher=teacher, counts=stats,
+                collate_fn=lambda b: cross_collate(b, student_tok.pad_token_id, t_tok.pad_token_id))
 
 
 def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:

@@ -29,9 +29,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..teacher_cache import leftover_logmass
+
 IGNORE = -100
 KINDS = ("forward_kl", "reverse_kl", "jsd")
-TAIL_FLOOR = 1e-6  # least tail mass of a cached top-k with k < V (its fp16 log-probs can round to a sum of 1)
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
@@ -125,9 +126,8 @@ def _folded(top: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
 
 
 def leftover(top_logp: torch.Tensor) -> torch.Tensor:
-    """[N, k] top-k log-probs at tau = 1 -> [N] log(1 - sum of them), floored: what a top-k alone says of the
-    tail (a server's cache, or one written before tails were kept). fp16-rounded log-probs can sum to 1."""
-    return torch.log1p(-_up(top_logp).exp().sum(-1).clamp(max=1.0 - TAIL_FLOOR))
+    """[N, k] top-k log-probs at tau = 1 -> [N] log(1 - sum of them), floored (teacher_cache.leftover_logmass)."""
+    return leftover_logmass(top_logp)
 
 
 def bucket_teacher(top_ids: torch.Tensor, top_logp: torch.Tensor, tau: float, vocab: int | None = None,
@@ -247,3 +247,18 @@ def chunked_kd_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     opts = dict(kind=kind, tau=tau, alpha=alpha, beta=beta)
     total = _ChunkedHeadLoss.apply(hidden, weight, labels, teacher_chunk, chunk, opts, cap)
     return _mean(total, labels, normalizer)
+
+
+def uld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Universal Logit Distillation (Boizard et al. 2024) for a student and teacher with different
+    vocabularies: [N, Vs] and [N, Vt] logits at N aligned positions -> scalar mean over positions of the
+    Wasserstein-1 distance between the two next-token distributions under the uniform cost, which is the
+    L1 distance between their probabilities sorted in descending order (the shorter vector padded with
+    zeros). It compares the shapes of the distributions, not which token is which, so it needs no map
+    between the vocabularies; both are tempered by tau first."""
+    _check(tau, 1.0)
+    ps = F.softmax(_up(student_logits) / tau, dim=-1).sort(dim=-1, descending=True).values
+    pt = F.softmax(_up(teacher_logits.detach()) / tau, dim=-1).sort(dim=-1, descending=True).values
+    width = max(ps.shape[-1], pt.shape[-1])
+    ps, pt = F.pad(ps, (0, width - ps.shape[-1])), F.pad(pt, (0, width - pt.shape[-1]))
+    return (ps - pt).abs().sum(-1).mean() if ps.shape[0] else ps.new_zeros(())

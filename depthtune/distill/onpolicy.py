@@ -22,7 +22,7 @@ import random
 import torch
 
 from ..backends import left_pad
-from ..stages.train import IGNORE, collate
+from ..stages.train import IGNORE, batcher
 
 
 def goes_on_policy(share: float, seed: int, step: int, index: int) -> bool:
@@ -30,12 +30,16 @@ def goes_on_policy(share: float, seed: int, step: int, index: int) -> bool:
 
 
 @torch.no_grad()
-def student_batch(model, batch: dict, *, pad_id: int, stop_ids: set[int], temperature: float, top_p: float,
-                  max_new_tokens: int, seed: int) -> dict:
-    """Replace each row's completion by one the student samples for its prompt (see the module docstring)."""
-    labels, ids = batch["labels"], batch["input_ids"]
+def student_batch(model, batch: dict, *, pad_id: int, temperature: float, top_p: float, max_new_tokens: int,
+                  seed: int) -> dict:
+    """Replace each row's completion by one the student samples for its prompt (see the module docstring).
+    It ends at the first of the model's stop tokens (every id its generation config stops on, as generate
+    does), never at a pad."""
+    from ..backends.local import stop_ids
+
+    stops = stop_ids(model.module if hasattr(model, "module") else model)
     prompts = []
-    for row_ids, row_labels in zip(ids, labels):
+    for row_ids, row_labels in examples_of(batch):
         first = int((row_labels != IGNORE).nonzero()[0]) if (row_labels != IGNORE).any() else int(row_labels.numel())
         prompts.append(row_ids[:first].tolist())
     device = next(model.parameters()).device
@@ -48,9 +52,19 @@ def student_batch(model, batch: dict, *, pad_id: int, stop_ids: set[int], temper
     model.train(was_training)
     examples = []
     for p, seq in zip(prompts, out[:, input_ids.shape[1]:].tolist()):
-        end = next((t for t, x in enumerate(seq) if x in stop_ids), None)
+        end = next((t for t, x in enumerate(seq) if x in stops), None)
         completion = seq[:end + 1] if end is not None else seq  # the eos it chose is learned too
         examples.append({"input_ids": p + completion, "labels": [IGNORE] * len(p) + completion})
-    new = collate(examples, pad_id)
+    new = batcher(pad_id, "position_ids" in batch and "attention_mask" not in batch)(examples)
     new["on_policy"] = True
     return new
+
+
+def examples_of(batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input ids, labels) of each example in a batch: its rows when padded, its segments when packed
+    (one row whose position ids restart at every example)."""
+    if "attention_mask" in batch or "position_ids" not in batch:
+        return list(zip(batch["input_ids"], batch["labels"]))
+    pos, ids, labels = batch["position_ids"][0], batch["input_ids"][0], batch["labels"][0]
+    starts = (pos == 0).nonzero().flatten().tolist() + [len(pos)]
+    return [(ids[a:b], labels[a:b]) for a, b in zip(starts[:-1], starts[1:])]

@@ -63,3 +63,17 @@ def student_rows(samples: list[dict], mode: str, tok, system_prompt: str | None,
                                  "prompt_ids": prompt_ids(tok, with_prefix(s, prefix), system_prompt, template),
                                  "completion_ids": enc(target)})
     return rows
+
+
+def aligned_positions(text: str, student_tok, teacher_tok) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """One completion text tokenised by both tokenizers -> (student ids, teacher ids, pairs (i, j)) where
+    student token i and teacher token j start at the same character: both models then predict the next
+    token from the same text, and their distributions there can be compared (cross-tokenizer distillation;
+    tokens that start inside the other's token have no partner and learn from cross-entropy alone)."""
+    def spans(tok):
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"], [a for a, _ in enc["offset_mapping"]]
+    s_ids, s_starts = spans(student_tok)
+    t_ids, t_starts = spans(teacher_tok)
+    where = {start: j for j, start in enumerate(t_starts)}
+    return s_ids, t_ids, [(i, where[a]) for i, a in enumerate(s_starts) if a in where]

@@ -35,11 +35,12 @@ def pooled_rows(cp, samples: dict[str, list[dict]]) -> list[dict]:
     rows = []
     for key in cp.jobs:
         mine = [r for r in samples[key] if r["prompt_id"] in wanted]
-        kept, _ = select(mine, sel)
+        kept, _, _ = select(mine, sel)
         rows += [{**r, "sample_id": f"{key}/{r['sample_id']}"} for r in kept]
     if not rows:
         raise DepthtuneError(f"no teacher sample of the cell's {len(wanted)} prompts is correct"
-                             + (f" with {sel.selector} >= {sel.threshold:g}" if sel.threshold is not None else "")
+                             + (f" with {'CDM' if sel.selector == 'cdm' else sel.selector} >= {sel.threshold:g}"
+                                if sel.threshold is not None else "")
                              + "; use more prompts, a larger distill.generate.k or a lower distill.select.threshold")
     return rows
 
@@ -83,12 +84,12 @@ def train(cell_dir: Path, cp, rows: list[dict], folder: Path, mdl, log):
         cache = soft_cache(cp, folder)
         check_matches(cache, rows)
         kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache, cfg.distill.temperature),
-                      collate_fn=lambda b: kd_collate(b, tok.pad_token_id), kd=cfg.distill, vocab=vocab)
+                      collate_fn=lambda b: kd_collate(b, tok.pad_token_id, tcfg.padding_free), kd=cfg.distill,
+                      vocab=vocab)
         if cfg.distill.on_policy > 0:  # the teacher scores the student's own samples live (on its plain prompt)
             g = cfg.generate
             kwargs.update(teacher=t_model, sampling=dict(temperature=g.temperature, top_p=g.top_p,
-                                                         max_new_tokens=g.max_new_tokens, pad_id=tok.pad_token_id,
-                                                         stop_ids={tok.eos_token_id}))
+                                                         max_new_tokens=g.max_new_tokens, pad_id=tok.pad_token_id))
     model, seconds, loss = fit(model, tok, rows, tcfg, cell_dir / "train", log=log, report_to=cfg.report_to, **kwargs)
     return model, tok, len(rows), seconds, loss
 

@@ -43,7 +43,7 @@ from ..models import resolve
 from ..typedconfig import from_dict, locate, set_key, suggest
 
 AXES = ("size", "diversity", "student", "method", "rank", "targets", "teachers", "seed")
-KEYS = ("name", "base", "teachers", "context", "axes", "keep_models", "evaluate_cdm")
+KEYS = ("name", "base", "teachers", "context", "axes", "keep_models", "evaluate_cdm", "resources")
 METHODS = ("full", "lora", "prompt")
 DIVERSITY = ("one", "several", "all")
 TARGETS = ("answers", "cot", "answer_only", "step_by_step")
@@ -79,6 +79,8 @@ class Sweep:
     """Keep every cell's trained model (full fine-tuning: a full copy per cell); adapters are always kept."""
     evaluate_cdm: bool = False
     """Also score held-out answers with CDM (two more forward passes per answer)."""
+    resources: dict = field(default_factory=lambda: {"cpus_per_cell": 1, "gpus_per_cell": 0})
+    """What each task asks of a Ray cluster (--executor ray): cpus_per_cell, gpus_per_cell."""
 
 
 @dataclass
@@ -147,9 +149,15 @@ def parse_sweep(data: Any, default_name: str = "sweep") -> Sweep:
     if not axes or not all(isinstance(g, dict) and g for g in grids):
         raise DepthtuneError("the sweep has an empty grid: give 'axes' as a mapping of axis -> list of values "
                              "(or a list of such mappings), e.g. axes: {size: [24, 72]}")
+    resources = {"cpus_per_cell": 1, "gpus_per_cell": 0, **(data.get("resources") or {})}
+    unknown = [k for k in resources if k not in ("cpus_per_cell", "gpus_per_cell")]
+    if unknown or not all(isinstance(v, (int, float)) and v >= 0 for v in resources.values()):
+        raise DepthtuneError("sweep resources: give cpus_per_cell and gpus_per_cell as numbers >= 0"
+                             + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
     return Sweep(name=name, base=base, teachers=teachers,
                  context=data.get("context", DEFAULT_CONTEXT), grids=grids,
-                 keep_models=bool(data.get("keep_models", False)), evaluate_cdm=bool(data.get("evaluate_cdm", False)))
+                 keep_models=bool(data.get("keep_models", False)), evaluate_cdm=bool(data.get("evaluate_cdm", False)),
+                 resources=resources)
 
 
 def _values(axis: str, raw) -> list:

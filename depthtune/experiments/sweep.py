@@ -220,8 +220,42 @@ def shared_work(plan: Plan, folder: Path, mdl: Models, log) -> tuple[dict, dict]
     return samples, failed
 
 
-def run_sweep(sweep: Sweep, folder: Path, log=print, sweep_text: str | None = None) -> dict:
+def job_rows(folder: Path, job: Job) -> list[dict]:
+    """A finished teacher job's samples from disk, with their CDM when the job scored them (as run_job
+    returns them): what a cell reads when it runs in another process."""
+    rows = artifacts.read_jsonl(Path(folder) / "samples.jsonl")
+    if job.needs_cdm:
+        cdm = {r["sample_id"]: r["cdm"] for r in artifacts.read_jsonl(Path(folder) / "scores.jsonl")}
+        rows = [{**r, "cdm": cdm.get(r["sample_id"])} for r in rows]
+    return rows
+
+
+def record_failure(cell_dir: Path, cp, e: Exception) -> dict:
+    """A cell's one-line error, kept in error.json (the report lists it); -> {"error": message}."""
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if not isinstance(e, DepthtuneError):
+        message = f"{type(e).__name__}: {message}"
+    if distributed.is_main():
+        artifacts.write_json(cell_dir / "error.json", {"error": message, "settings": cp.cell.settings})
+    return {"error": message}
+
+
+def attempt_cell(cell_dir: Path, cp, plan: Plan, samples: dict, mdl: Models, folder: Path, log) -> dict:
+    """One cell, whichever executor runs it: its result, or its failure recorded (Ctrl-C still stops it)."""
     from .cell import run_cell
+
+    try:
+        result = timed(folder, "cell", cp.dir_name, lambda: run_cell(cell_dir, cp, plan, samples, mdl, folder, log))
+        (cell_dir / "error.json").unlink(missing_ok=True)
+        return result
+    except Exception as e:  # recorded with its message; the sweep goes on
+        out = record_failure(cell_dir, cp, e)
+        log(f"  cell failed: {out['error']}")
+        return out
+
+
+def run_sweep(sweep: Sweep, folder: Path, log=print, sweep_text: str | None = None, executor: str = "local",
+              address: str | None = None) -> dict:
     from .report import write_report
 
     folder = Path(folder)
@@ -235,6 +269,13 @@ def run_sweep(sweep: Sweep, folder: Path, log=print, sweep_text: str | None = No
         artifacts.write_jsonl(folder / "prompts" / "eval.jsonl", plan.battery)
     log(f"sweep '{sweep.name}': {len(plan.cells)} cells, {len(plan.jobs)} teacher jobs, "
         f"{len(plan.ensembles)} ensembles, battery of {len(plan.battery)} held-out prompts")
+    if executor == "ray":
+        if distributed.world()[1] > 1:
+            raise DepthtuneError("--executor ray spreads the cells itself; run it without accelerate launch")
+        from .executor import run_sweep_on_ray
+
+        run_sweep_on_ray(sweep, plan, folder, log, address)
+        return write_report(folder, plan)
     mdl = Models(sweep.base, log)
     samples, failed_jobs = distributed.share(
         distributed.on_main(lambda: timed(folder, "shared", "all", lambda: shared_work(plan, folder, mdl, log))))
@@ -251,21 +292,16 @@ def run_sweep(sweep: Sweep, folder: Path, log=print, sweep_text: str | None = No
         log(f"[cell {i + 1}/{len(plan.cells)}] {name}")
         log("  " + progress.line(running=f"cell {i + 1}"))
         start = time.perf_counter()
-        try:
-            if blocked:
-                raise DepthtuneError(f"shared teacher work failed: {blocked[0]}")
-            timed(folder, "cell", cp.dir_name, lambda: run_cell(cell_dir, cp, plan, samples, mdl, folder, log))
+        if blocked:
+            out = record_failure(cell_dir, cp, DepthtuneError(f"shared teacher work failed: {blocked[0]}"))
+            log(f"  cell failed: {out['error']}")
+        else:
+            out = attempt_cell(cell_dir, cp, plan, samples, mdl, folder, log)
+        if out.get("error"):
+            progress.failed += 1
+        else:
             progress.done += 1
             progress.times.append(time.perf_counter() - start)
-            (cell_dir / "error.json").unlink(missing_ok=True)
-        except Exception as e:  # recorded with its message; the sweep goes on (Ctrl-C still stops it)
-            progress.failed += 1
-            message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if not isinstance(e, DepthtuneError):
-                message = f"{type(e).__name__}: {message}"
-            if main:
-                artifacts.write_json(cell_dir / "error.json", {"error": message, "settings": cp.cell.settings})
-            log(f"  cell failed: {message}")
         gc.collect()
         log("  " + progress.line())
     return distributed.on_main(lambda: write_report(folder, plan))  # None on the other processes

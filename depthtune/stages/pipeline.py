@@ -53,7 +53,12 @@ class Session:
         return self._model, self.tokenizer()
 
     def take_base(self):
-        """Hand the base model over to be changed (training); the next base() reloads."""
+        """Hand the model to train over to be changed (training); the next base() reloads. That is the base,
+        or train.base when it names another model (rounds that restart from the first base)."""
+        other = self.cfg.train.base
+        if other is not None and other != self.cfg.model.name:
+            self.release()
+            return models.from_config(other, self.cfg.model), models.load_tokenizer(other)
         model, tok = self.base()
         self._model = None
         return model, tok

@@ -103,7 +103,7 @@ def pool(rows: list[dict], cfg: SelectConfig) -> list[dict]:
 def describe_pool(cfg: SelectConfig, labelled: bool) -> str:
     what = "non-degenerate samples" if cfg.exclude_degenerate else "samples"
     if labelled:
-        what = "correct, " + what
+        what = ("correct, " if cfg.exclude_degenerate else "correct ") + what
     if SELECTORS[cfg.selector].votes:
         what += " agreeing with their prompt's majority answer"
     return what

@@ -31,6 +31,22 @@ def build_example(row: dict, eos_id: int) -> dict:
             "labels": [IGNORE] * len(row["prompt_ids"]) + completion}
 
 
+def packed(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Padding-free: the batch as one row, [1, total tokens], position ids restarting at every example, so
+    attention stays within each example (transformers' DataCollatorWithFlattening; its models build the
+    block-diagonal mask from the position ids, when the forward pass keeps no KV cache: fit turns it off).
+    No padding is computed."""
+    from transformers import DataCollatorWithFlattening
+
+    return DataCollatorWithFlattening(return_position_ids=True)(
+        [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+
+
+def batcher(pad_id: int, padding_free: bool):
+    """The collate function of a training run: padded batches, or one packed row per batch."""
+    return packed if padding_free else (lambda b: collate(b, pad_id))
+
+
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch: input_ids/attention_mask/labels [B, T]; padding is masked in labels."""
     width = max(len(e["input_ids"]) for e in examples)
@@ -71,6 +87,17 @@ def _checkpointing(args_cls, on: bool) -> dict:
             else "gradient_checkpointing": True}
 
 
+def drop_incomplete(ckpt_dir: Path, log=print) -> None:
+    """Remove checkpoints the Trainer did not finish writing (a full disk, a kill mid-save): it writes
+    trainer_state.json last, so a checkpoint without a readable one is never resumed from."""
+    for folder in sorted(Path(ckpt_dir).glob("checkpoint-*")):
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)
+            log(f"  dropped {folder.name}: incomplete (the process stopped while writing it)")
+
+
 class _Elapsed:
     """Keeps training seconds across interruptions: saved beside every checkpoint."""
 
@@ -104,6 +131,9 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
 
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    # no KV cache while training: nothing reuses it, and with a cache transformers ignores the position ids
+    # that keep packed (padding-free) examples apart
+    (model.get_base_model() if hasattr(model, "get_base_model") else model).config.use_cache = False
     elapsed = _Elapsed(out_dir / "elapsed.json")
     device = next(model.parameters()).device
     # the dtype the model was loaded in: a QLoRA model keeps fp32 norms but computes in it (bf16 on a GPU)
@@ -143,11 +173,12 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
     if examples is None:
         examples = [build_example(r, tok.eos_token_id) for r in rows]  # a list is a map-style dataset
     trainer = (trainer_cls or Trainer)(model=model, args=args, train_dataset=examples,
-                                       data_collator=collate_fn or (lambda b: collate(b, tok.pad_token_id)),
+                                       data_collator=collate_fn or batcher(tok.pad_token_id, cfg.padding_free),
                                        callbacks=[Steps()], **trainer_kwargs)
     trainer.remove_callback(PrinterCallback)  # Steps shows the progress we want
     tracking.redirect_tensorboard(trainer, report_to, log_dir or out_dir / "logs")
     distributed.check_resume(ckpt_dir)
+    drop_incomplete(ckpt_dir, log)
     last = get_last_checkpoint(str(ckpt_dir))
     if last:
         log(f"  resuming from {Path(last).name}")
@@ -183,7 +214,7 @@ def run(run_dir: Path, cfg: RunConfig, model, tok) -> tuple[dict, object]:
             model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
     manifest = artifacts.write_manifest(
-        stage_dir, "train", cfg.to_dict(), base_model=cfg.model.name, method="full" if cfg.train.full else "lora",
+        stage_dir, "train", cfg.to_dict(), base_model=cfg.train.base or cfg.model.name, method="full" if cfg.train.full else "lora",
         output=target.name, examples=len(rows), trainable_params=trainable, base_params=base_params,
         train_seconds=round(seconds, 2), final_loss=round(float(loss), 5), quantize=cfg.model.quantize,
         processes=distributed.world()[1])

@@ -16,7 +16,7 @@ def test_student_batch_keeps_prompts_and_labels_only_the_students_tokens(tiny_mo
     rows = [{"prompt_ids": [1, 50, 60, 70], "completion_ids": [80, 81], "finished": True},
             {"prompt_ids": [1, 55], "completion_ids": [90, 91, 92], "finished": False}]
     batch = collate([build_example(r, tok.eos_token_id) for r in rows], tok.pad_token_id)
-    new = student_batch(model, batch, pad_id=tok.pad_token_id, stop_ids={tok.eos_token_id}, temperature=1.0,
+    new = student_batch(model, batch, pad_id=tok.pad_token_id, temperature=1.0,
                         top_p=1.0, max_new_tokens=5, seed=0)
     assert new["on_policy"] is True
     for r, ids, labels in zip(rows, new["input_ids"].tolist(), new["labels"].tolist()):
@@ -24,7 +24,7 @@ def test_student_batch_keeps_prompts_and_labels_only_the_students_tokens(tiny_mo
         assert ids[:n] == r["prompt_ids"] and labels[:n] == [-100] * n
         generated = [x for x in labels[n:] if x != -100]
         assert 1 <= len(generated) <= 5 and ids[n:n + len(generated)] == generated
-    again = student_batch(model, batch, pad_id=tok.pad_token_id, stop_ids={tok.eos_token_id}, temperature=1.0,
+    again = student_batch(model, batch, pad_id=tok.pad_token_id, temperature=1.0,
                           top_p=1.0, max_new_tokens=5, seed=0)
     assert torch.equal(new["input_ids"], again["input_ids"])  # seeded: a resumed run samples the same
 
@@ -55,7 +55,7 @@ def test_sweep_cells_can_distil_on_policy(tmp_path, tokenizer_dir):
     sweep = {"name": "op", "base": {"data": {"max_train_prompts": 6, "max_eval_prompts": 3},
                                      "generate": {"max_new_tokens": 5}, "evaluate": {"max_new_tokens": 5},
                                      "select": {"require_correct": False, "exclude_degenerate": False},
-                                     "distill": {"k": 2, "teacher": str(teacher)}, "train": {"epochs": 1}},
+                                     "distill": {"generate": {"k": 2}, "teacher": str(teacher)}, "train": {"epochs": 1}},
              "axes": {"student": ["self"], "method": ["lora"], "size": [3], "distill.on_policy": [0.0, 1.0]}}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(sweep))
@@ -65,3 +65,23 @@ def test_sweep_cells_can_distil_on_policy(tmp_path, tokenizer_dir):
     bad = dict(sweep, axes={"method": ["prompt"], "distill.on_policy": [0.5]})
     path.write_text(yaml.safe_dump(bad))
     assert main(["sweep", str(path), "--dry-run"]) == 2
+
+
+def test_a_student_sample_ends_at_any_of_the_models_stop_tokens(tmp_path, tokenizer_dir):
+    """A model whose generation config stops on tokens other than the tokenizer's eos: the on-policy row ends
+    there (the stop token learned, no pads after it as targets), as generation does."""
+    path = make_tiny_model(tmp_path / "m", tokenizer_dir, layers=2)
+    tok, model = models.load_tokenizer(str(path)), models.load_model(str(path), "float32", "cpu")
+    x, y = 100, 101  # two ordinary tokens made the model's only likely outputs, and stop tokens
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        head = torch.zeros_like(model.lm_head.weight)
+        head[x, 0], head[y, 0] = 100.0, -100.0
+        model.lm_head.weight = torch.nn.Parameter(head)  # untied from the embeddings
+    model.generation_config.eos_token_id = [tok.eos_token_id, x, y]
+    rows = [{"prompt_ids": [1, 50, 60, 70], "completion_ids": [80, 81], "finished": True}]
+    batch = collate([build_example(r, tok.eos_token_id) for r in rows], tok.pad_token_id)
+    new = student_batch(model, batch, pad_id=tok.pad_token_id, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=0)
+    labels = [t for t in new["labels"][0].tolist() if t != -100]
+    assert labels in ([x], [y])  # one token, the stop token itself, and nothing after it

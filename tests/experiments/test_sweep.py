@@ -19,7 +19,7 @@ def write_sweep(path, teacher, axes, **base):
             "base": {"data": {"max_eval_prompts": 6}, "generate": {"max_new_tokens": 4, "batch_size": 8},
                      "evaluate": {"max_new_tokens": 4}, "select": {"require_correct": False},
                      "train": {"epochs": 1, "batch_size": 4, "save_steps": 1},
-                     "distill": {"k": 2, "cot_max_new_tokens": 5}, **base},
+                     "distill": {"generate": {"k": 2}, "cot_max_new_tokens": 5}, **base},
             "teachers": {"a": {"model": str(teacher)}, "b": {"model": str(teacher), "system_prompt": "Be brief."}},
             "axes": axes}
     path.write_text(yaml.safe_dump(spec))
@@ -95,7 +95,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_cells(teacher_dir, t
 
 
 def test_failing_cell_is_recorded_and_the_sweep_goes_on(teacher_dir, tmp_path, capsys):
-    path = write_sweep(tmp_path / "s.yaml", teacher_dir, {"distill.threshold": [0, 100], "size": [3],
+    path = write_sweep(tmp_path / "s.yaml", teacher_dir, {"distill.select": [{"selector": "correct"}, {"selector": "cdm", "threshold": 100}], "size": [3],
                                                           "method": ["lora"], "student": ["self"]})
     out = tmp_path / "out"
     code, log = sweep(path, out, capsys)
@@ -167,16 +167,16 @@ def test_student_with_another_tokenizer_reads_the_teachers_text(teacher_dir, tmp
 def test_soft_targets_wanted_later_are_backfilled_and_ensembles_grow(teacher_dir, tmp_path, capsys):
     out = tmp_path / "out"
     axes = {"size": [3], "method": ["lora"], "student": ["self"]}
-    assert sweep(write_sweep(tmp_path / "s.yaml", teacher_dir, axes, distill={"k": 2, "alpha": 0.0}), out, capsys)[0] == 0
+    assert sweep(write_sweep(tmp_path / "s.yaml", teacher_dir, axes, distill={"generate": {"k": 2}, "alpha": 0.0}), out, capsys)[0] == 0
     job = next((out / "teachers").iterdir())
     assert not list(job.glob("gen-000/topk/*"))  # sequence-level only: no top-k was cached
     # the same teacher job, now with soft targets and a second teacher: rows are filled in, not resampled
     axes = [{"size": [3], "method": ["lora"], "student": ["self"]}, {"size": [3], "teachers": [["a", "b"]]}]
-    code, log = sweep(write_sweep(tmp_path / "s.yaml", teacher_dir, axes, distill={"k": 2, "alpha": 0.5}), out, capsys)
+    code, log = sweep(write_sweep(tmp_path / "s.yaml", teacher_dir, axes, distill={"generate": {"k": 2}, "alpha": 0.5}), out, capsys)
     assert code == 0 and "top-20 rows for 6 earlier samples" in log and log.count("] sampling ") == 1  # b only
     assert "averaging 2 teachers over 12 samples" in log
     axes[1]["size"] = [3, 6]
-    code, log = sweep(write_sweep(tmp_path / "s.yaml", teacher_dir, axes, distill={"k": 2, "alpha": 0.5}), out, capsys)
+    code, log = sweep(write_sweep(tmp_path / "s.yaml", teacher_dir, axes, distill={"generate": {"k": 2}, "alpha": 0.5}), out, capsys)
     assert code == 0 and "averaging 2 teachers over 12 samples" in log  # only the 3 new prompts x 2 x 2 teachers
     ens = artifacts.read_json(next((out / "ensembles").iterdir()) / "manifest.json")
     assert ens["samples"] == 24

@@ -119,3 +119,65 @@ def test_training_is_reproducible_whatever_the_process_sampled_before(tmp_path, 
         outs.append((m["final_loss"], {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}))
     assert outs[0][0] == outs[1][0]
     assert all(torch.equal(outs[0][1][n], outs[1][1][n]) for n in outs[0][1])
+
+
+def varied(n=5):
+    """Examples of different lengths: a padded batch of them is mostly padding."""
+    return [{"prompt_ids": [1] + list(range(30, 30 + 3 * i + 2)), "completion_ids": list(range(60, 62 + 4 * i)),
+             "finished": True} for i in range(n)]
+
+
+def test_packed_batches_give_the_padded_loss_and_gradient(tiny_model_dir):
+    """Padding-free (one row, position ids restarting per example) is the same function as padding."""
+    model, tok = models.load_model(str(tiny_model_dir), "float32", "cpu"), models.load_tokenizer(str(tiny_model_dir))
+    examples = [train.build_example(r, tok.eos_token_id) for r in varied()]
+    padded, flat = train.collate(examples, tok.pad_token_id), train.packed(examples)
+    assert flat["input_ids"].shape[0] == 1 and "attention_mask" not in flat
+    assert flat["input_ids"].numel() == sum(len(e["input_ids"]) for e in examples) < padded["input_ids"].numel()
+    losses, grads = [], []
+    for batch in (padded, flat):
+        model.zero_grad()
+        out = model(**batch, use_cache=False)  # as training runs it (train.fit turns the cache off)
+        out.loss.backward()
+        losses.append(out.loss.item())
+        grads.append(model.model.layers[0].self_attn.q_proj.weight.grad.clone())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def test_packed_distillation_loss_equals_padded(tiny_model_dir):
+    """The chunked KD loss reads the packed row's targets in the padded batch's order (cached rows line up)."""
+    from transformers import TrainingArguments
+
+    from depthtune.config import DistillConfig
+    from depthtune.distill.trainer import DistillTrainer, kd_collate, kd_examples
+    from depthtune.teacher_cache import Rows
+
+    model, tok = models.load_model(str(tiny_model_dir), "float32", "cpu"), models.load_tokenizer(str(tiny_model_dir))
+    rs = [{**r, "sample_id": f"s{i}"} for i, r in enumerate(varied())]
+    g = torch.Generator().manual_seed(0)
+    cache = {}
+    for r in rs:
+        n = len(r["completion_ids"]) + 1
+        logits = torch.randn(n, model.config.vocab_size, generator=g)
+        lp, ids = torch.log_softmax(logits, -1).topk(5, -1)
+        cache[r["sample_id"]] = Rows(ids, lp)
+    examples = kd_examples(rs, tok.eos_token_id, cache)
+    trainer = DistillTrainer(model=model, args=TrainingArguments(output_dir="/tmp/unused-kd", use_cpu=True,
+                                                                  report_to=[]),
+                             kd=DistillConfig(temperature=2.0), vocab=model.config.vocab_size)
+    values = [trainer.compute_loss(model, kd_collate(examples, tok.pad_token_id, flat)).item() for flat in (False, True)]
+    assert values[0] == pytest.approx(values[1], rel=1e-5)
+
+
+def test_training_padding_free_makes_the_padded_run_s_adapter(tmp_path, tiny_model_dir):
+    """The whole train stage, padded against packed, same seed: the same adapter, within float tolerance."""
+    adapters = []
+    for flat in (False, True):
+        cfg, run_dir = _setup(tmp_path / str(flat), tiny_model_dir, padding_free=flat, dropout=0.0)  # no random masks
+        artifacts.write_jsonl(run_dir / "select" / "selected.jsonl", varied(6))
+        manifest, model = train.run(run_dir, cfg, models.load_model(cfg.model.name), models.load_tokenizer(cfg.model.name))
+        adapters.append({n: p.detach().clone() for n, p in model.named_parameters() if "lora" in n})
+    assert adapters[0].keys() == adapters[1].keys()
+    for name in adapters[0]:
+        assert torch.allclose(adapters[0][name], adapters[1][name], rtol=1e-3, atol=1e-5), name
