@@ -77,7 +77,8 @@ class GenerateConfig:
     """Sequences decoding together in this process (continuous batching: a finished answer's place goes to
     the next); a chunk of 4 x batch_size sequences is the unit a resumed run starts again from."""
     seed: int = 0
-    """Every sample's seed derives from (seed, prompt id, sample index): the same samples however they are batched."""
+    """Every sample's seed derives from (seed, prompt id, sample index): the same samples however they are batched
+    (up to the float rounding of batched matmuls)."""
     topk: int = 0
     """Store the model's top-k next-token log-probs per generated token (cached teacher); 0 = off."""
     topk_taus: list[float] = field(default_factory=lambda: [1.0])

@@ -24,9 +24,9 @@ def render(md: str, folder: Path, title: str = "depthtune report") -> str:
     def flush() -> None:
         if table:
             rows = [r for r in table if not r.startswith("|---")]
-            out.append("<table>" + "".join(
+            out.append("<div class='scroll'><table>" + "".join(
                 "<tr>" + "".join(f"<{t}>{inline(c.strip())}</{t}>" for c in r.strip().strip("|").split("|")) + "</tr>"
-                for r, t in zip(rows, ["th"] + ["td"] * len(rows))) + "</table>")
+                for r, t in zip(rows, ["th"] + ["td"] * len(rows))) + "</table></div>")
             table.clear()
 
     for line in md.splitlines():
@@ -50,7 +50,10 @@ def render(md: str, folder: Path, title: str = "depthtune report") -> str:
         elif line.strip():
             out.append(f"<p>{inline(line)}</p>")
     flush()
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
-            "body{font-family:sans-serif;max-width:1150px;margin:2em auto}table{border-collapse:collapse;font-size:13px;"
-            "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}img{max-width:100%}</style>"
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'><title>" + html.escape(title) +
+            "</title><style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;"
+            "line-height:1.4;overflow-wrap:anywhere}.scroll{overflow-x:auto;margin:1em 0}table{border-collapse:collapse;"
+            "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
+            "td{max-width:28em}img{max-width:100%;height:auto}figure{margin:1em 0}</style>"
             "</head><body>" + "\n".join(out) + "</body></html>")

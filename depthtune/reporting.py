@@ -7,7 +7,6 @@ counted and drawn the same way everywhere.
 """
 from __future__ import annotations
 
-import html
 import os
 import platform
 from pathlib import Path
@@ -134,8 +133,9 @@ def prompt_of(row: dict) -> str:
 
 
 def answer_cell(text: str) -> str:
-    """An answer as a table cell: one line, escaped (it is model output), pipes kept out of the table."""
-    return html.escape(_clip(text)).replace("|", "&#124;") or "(empty)"
+    """An answer as a markdown table cell: one line, clipped, its pipes shown as a broken bar so they do not
+    split the table (report.html escapes every cell: model output never becomes markup)."""
+    return _clip(text).replace("|", "\u00a6") or "(empty)"
 
 
 def side_by_side(before: list[dict], after: list[dict], names: tuple[str, str] = ("before", "after"),

@@ -1,22 +1,44 @@
-"""Rough edges a new user hit, each through the CLI in a real process: one line naming the problem and
-what to do, exit 2, no traceback, and no model loaded when the input alone shows the problem."""
+"""Rough edges a new user hit, each through the command line's main(argv), in this process: one line naming
+the problem and what to do, exit 2, no traceback, and no model loaded when the input alone shows the
+problem. One case runs in a real process too, for the exit status and stderr a shell sees."""
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 
-
-def depthtune(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "depthtune", *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
+from depthtune.cli import main
 
 
-def assert_one_line(proc: subprocess.CompletedProcess, expected: str) -> None:
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def depthtune(capsys):
+    def call(*args: str) -> Result:
+        code = main(list(args))
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+    return call
+
+
+def assert_one_line(proc, expected: str) -> None:
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("depthtune: error: ") and expected in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr and "loading" not in proc.stdout  # Session.base() logs "loading ..."
+
+
+def test_a_real_process_gets_exit_2_and_one_line_on_stderr(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "depthtune", "run", "--run-dir", str(tmp_path / "run"), "--set",
+                           "train.rank=abc"], capture_output=True, text=True, timeout=300)
+    assert_one_line(proc, "config key 'train.rank' wants an integer, got 'abc'")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("name, content, expected", [
@@ -25,7 +47,7 @@ def assert_one_line(proc: subprocess.CompletedProcess, expected: str) -> None:
     ("blank.jsonl", "".join(json.dumps({"prompt": p}) + "\n" for p in ("2+2?", "", None)).encode(),
      "2 of 3 rows have an empty or null prompt (rows 2, 3); fill them in or remove them"),
 ])
-def test_bad_data_files(tmp_path, name, content, expected):
+def test_bad_data_files(depthtune, tmp_path, name, content, expected):
     data = tmp_path / name
     data.write_bytes(content)
     proc = depthtune("run", "--run-dir", str(tmp_path / "run"), "--data", str(data))
@@ -33,18 +55,18 @@ def test_bad_data_files(tmp_path, name, content, expected):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_setting_of_the_wrong_type(tmp_path):
+def test_a_setting_of_the_wrong_type(depthtune, tmp_path):
     proc = depthtune("run", "--run-dir", str(tmp_path / "run"), "--set", "train.rank=abc")
     assert_one_line(proc, "config key 'train.rank' wants an integer, got 'abc'")
 
 
-def test_select_before_score_names_the_stage_to_run(tmp_path):
+def test_select_before_score_names_the_stage_to_run(depthtune, tmp_path):
     run_dir = tmp_path / "run"
     proc = depthtune("select", "--run-dir", str(run_dir))
     assert_one_line(proc, f"the score stage has not run in {run_dir}: run `depthtune score --run-dir {run_dir}`")
 
 
-def test_a_tracker_that_is_not_installed_names_the_pip_install(tmp_path):
+def test_a_tracker_that_is_not_installed_names_the_pip_install(depthtune, tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("wandb") is not None:
@@ -54,7 +76,7 @@ def test_a_tracker_that_is_not_installed_names_the_pip_install(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_template_chat_on_a_model_without_one_is_refused_from_its_tokenizer(tiny_model_dir, tmp_path):
+def test_template_chat_on_a_model_without_one_is_refused_from_its_tokenizer(depthtune, tiny_model_dir, tmp_path):
     import shutil
 
     plain = shutil.copytree(tiny_model_dir, tmp_path / "plain")

@@ -3,7 +3,6 @@ time, duplicates dropped on resume, no stale stage reused after a setting change
 run directory that is a file, read-only, or on a full disk, a prompt too long for the model, and held-out
 prompts that leak from training."""
 import json
-import os
 import shutil
 import signal
 import subprocess

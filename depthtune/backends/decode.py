@@ -15,7 +15,9 @@ its cache is left-padded to the batch's length and joined to the running Dynamic
 the batch one token forward with explicit position ids; finished rows are dropped from the cache, and
 columns no row attends to any more are cut. Sampling draws one uniform number per step from the
 request's own generator (seeded per sample), so a sample does not depend on which other samples shared
-its batch: a chunk redone after a crash, or cut differently, gives the same answers.
+its batch: a chunk redone after a crash gives the same answers, and one cut differently gives the same
+answers up to the rounding of batched float32 matmuls (which can move a draw that lies within ~1e-7 of a
+boundary of the distribution; in float64 they round alike, tests/stages/test_generate.py).
 
 Per step and sequence it keeps only: the chosen token's log-prob (raw distribution, temperature 1,
 before top-p, as the score stage and the teacher cache use it), and with topk > 0 the top-k ids and

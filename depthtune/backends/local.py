@@ -9,7 +9,7 @@ logits: at a 152k vocabulary, 1,024 new tokens and 64 sequences that is ~40 GB f
 
 Log-probs are of the raw next-token distribution (temperature 1, before top-p), the same quantity the
 teacher cache and the score stage use. Every sample has its own seed (backends.request_seed), so the
-samples do not depend on how prompts were cut into chunks or batched.
+samples do not depend on how prompts were cut into chunks or batched (up to float rounding, see decode).
 """
 from __future__ import annotations
 

@@ -385,6 +385,48 @@ class OpenAISampler:
             logp[t] = torch.tensor(list(row.values()))
         return (ids, logp), dropped
 
+    # -- a teacher for on-policy distillation ----------------------------------------------------------
+
+    def score_tokens(self, prompt: list[int], completion: list[int], topk: int = 20) -> dict:
+        """The teacher's log-prob of each token of a completion someone else wrote, and its top-k there.
+
+        One request per position, the prompt given as token ids up to that position (max_tokens=1, top_logprobs
+        topk): llama.cpp's server has no `echo` of prompt log-probs, and its prompt cache makes each request
+        compute one new token. A token outside the teacher's top-k gets the k-th log-prob (an upper bound on
+        its own; counted in `misses`). -> {logprobs [L], ids [L, k], logp [L, k], misses, requests}."""
+        depth = self._depth(prompt, topk) if topk else 1
+        futures = [self.pool.submit(self._step_at, prompt + completion[:t], depth) for t in range(len(completion))]
+        steps = [f.result() for f in futures]
+        out_lp, ids, logp, misses = [], torch.zeros(len(steps), topk, dtype=torch.long), torch.zeros(len(steps), topk), 0
+        for t, step in enumerate(steps):
+            row: dict[int, float] = {}
+            for alt in step.top:
+                i = self.tmap.local_id(alt)
+                if i is not None and i not in row:
+                    row[i] = alt.logprob
+            if completion[t] in row:
+                out_lp.append(row[completion[t]])
+            else:
+                out_lp.append(min(row.values()) if row else -30.0)
+                misses += 1
+            kept = list(row.items())[:topk]
+            ids[t, :len(kept)] = torch.tensor([i for i, _ in kept])
+            logp[t, :len(kept)] = torch.tensor([v for _, v in kept])
+        return {"logprobs": torch.tensor(out_lp), "ids": ids, "logp": logp, "misses": misses, "requests": len(steps)}
+
+    def _step_at(self, ids: list[int], depth: int):
+        try:
+            choice = self._ask(ids, max_tokens=1, temperature=1.0, top_p=1.0, seed=0, depth=depth)
+        except AllServersLost:
+            raise DepthtuneError(f"lost every server ({self.url}); run the same command again to resume") from None
+        except openai.APIError as e:
+            raise self._fail(e, midway=True) from None
+        steps = parse_steps(choice.get("logprobs"))
+        if not steps:
+            raise DepthtuneError(f"the server at {self.url} returned no log-probs; on-policy distillation from a "
+                                 f"server needs a teacher that returns them (vLLM, llama.cpp, SGLang)")
+        return steps[0]
+
     def _count(self, samples: list[Sample]) -> None:
         sampled = [t for s in samples for t in s.unmapped[0]]
         alts = [t for s in samples for t in s.unmapped[1]]

