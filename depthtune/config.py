@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from .errors import DepthtuneError
-from .selectors import SELECTORS
+from .selectors import AUTO, SELECTORS
 from .typedconfig import from_dict, locate, parse_override, set_key, suggest  # noqa: F401 (the config's API)
 
 
@@ -93,9 +93,10 @@ class ScoreConfig:
     batch_size: int = 16
     """Samples per scoring batch; a prompt's samples go together (they share its cache)."""
     seed: int = 0
-    cdm: bool = True
-    """Compute CDM and its parts (two forward passes per sample); off, the stage only judges answers, counts
-    majority votes and flags degenerate samples, and the mean log-prob comes from the sampler."""
+    cdm: bool | None = None
+    """Compute CDM and its parts (two forward passes per sample); None = when the selector ranks by CDM.
+    Off, the stage judges answers, counts majority votes and flags degenerate samples, and the mean
+    log-prob comes from the sampler."""
     weights: dict[str, float] = field(default_factory=lambda: {
         "entropy_collapse": 0.4, "attention_sparsification": 0.2, "basin_resistance": 0.4})
 
@@ -111,9 +112,10 @@ class SelectConfig:
     require_correct: bool = True
     """Where references exist, keep only correct samples; false selects without labels (they are then used
     for evaluation only)."""
-    selector: str = "cdm"
-    """How samples are ranked and kept: correct, majority, majority_cdm, cdm, logprob, random, or one CDM part
-    alone (depthtune.stages.select lists what each does)."""
+    selector: str = "auto"
+    """How samples are ranked and kept: auto, correct, majority, majority_cdm, cdm, logprob, random, or one
+    CDM part alone (depthtune.stages.select lists what each does). auto = correct where references or a
+    verifier judge the samples, majority where nothing does (depthtune.selectors.resolve)."""
     keep: int | None = None
     """Keep exactly this many samples, the best by the selector's score (correct, random: a seeded draw);
     None = the line (threshold or top_share)."""
@@ -318,10 +320,10 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise DepthtuneError(msg)
 
     s = cfg.select
-    need(s.selector in SELECTORS, f"unknown selector '{s.selector}'{suggest(s.selector, SELECTORS)}; use one of "
-         f"{', '.join(SELECTORS)}")
-    if s.threshold is not None and SELECTORS[s.selector].field in ("cdm", "entropy_collapse", "basin_resistance",
-                                                                  "attention_sparsification"):
+    need(s.selector in SELECTORS or s.selector == AUTO, f"unknown selector '{s.selector}'"
+         f"{suggest(s.selector, [*SELECTORS, AUTO])}; use auto or one of {', '.join(SELECTORS)}")
+    on_cdm = s.selector == AUTO or SELECTORS[s.selector].field in ("cdm", *[p for p in ScoreConfig().weights])
+    if s.threshold is not None and on_cdm:
         need(0 <= s.threshold <= 100, f"threshold {s.threshold} is outside 0-100; pick a CDM line such as 75, or "
              f"leave --threshold out for the relative line (the top select.top_share)")
     need(0 < s.top_share <= 1, f"select.top_share is a share in (0, 1], got {s.top_share}")

@@ -34,5 +34,18 @@ TABLE = (
     Selector("basin_resistance", "basin_resistance", cdm=True),
 )
 SELECTORS = {s.name: s for s in TABLE}
+AUTO = "auto"
+WITH_LABELS, WITHOUT_LABELS = "correct", "majority"  # what `auto` becomes (docs/results.md: the ablations)
+
+
+def resolve(name: str, labelled: bool, threshold: float | None = None) -> str:
+    """The selector that runs: `auto` is rejection sampling where references (or a verifier) judge the
+    samples, self-consistency where nothing does, and the CDM line when a threshold is given (--threshold
+    is a CDM line unless a selector says otherwise); any other name is itself."""
+    if name != AUTO:
+        return name
+    if threshold is not None:
+        return "cdm"
+    return WITH_LABELS if labelled else WITHOUT_LABELS
 LABEL_FREE = ("cdm", "logprob", "majority", "majority_cdm", "random")  # what `ablate --label-free` compares
 COMPARED = ("correct", "cdm", "logprob", "majority", "majority_cdm", "random")  # `ablate`'s default set

@@ -20,7 +20,7 @@ from ..config import RunConfig, side
 from ..data import load_prompts
 from ..distill.targets import COT_SYSTEM
 from ..errors import DepthtuneError
-from ..selectors import SELECTORS
+from ..selectors import SELECTORS, resolve
 from .grid import Cell, Sweep, cell_config, expand
 
 SOFT_TARGETS = ("answers", "cot")
@@ -143,7 +143,7 @@ def make_plan(sweep: Sweep) -> Plan:
                 job.taus.add(cfg.distill.temperature)
             job.prompts.update(prompts)
             sel = side(cfg, ("select",)).select
-            job.needs_cdm |= SELECTORS[sel.selector].cdm or cfg.distill.curriculum == "cdm"
+            job.needs_cdm |= SELECTORS[resolve(sel.selector, True)].cdm or cfg.distill.curriculum == "cdm"
             keys.append(job.key)
         ens = None
         if soft and len(keys) > 1:

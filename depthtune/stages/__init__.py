@@ -69,8 +69,9 @@ def _generate(run_dir: Path, cfg, session):
 def _score(run_dir: Path, cfg, session):
     from . import score
 
-    model, tok = session.base() if cfg.score.cdm else (None, session.tokenizer())
-    return score.run(run_dir, cfg, model, tok)
+    cdm = score.needs_cdm(run_dir, cfg)
+    model, tok = session.base() if cdm else (None, session.tokenizer())
+    return score.run(run_dir, cfg, model, tok, cdm)
 
 
 def _evaluate(which: str):

@@ -23,6 +23,7 @@ depthtune.checking), its agreement (the share of its prompt's samples that give 
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import zlib
 from contextlib import contextmanager, nullcontext
@@ -294,11 +295,23 @@ def degenerate_counts(rows: list[dict]) -> dict:
     return {**counts, "any": sum(bool(r.get("degenerate")) for r in rows)}
 
 
-def run(run_dir: Path, cfg: RunConfig, model, tok) -> dict:
+def needs_cdm(run_dir: Path, cfg: RunConfig) -> bool:
+    """score.cdm, or when it is None: whether the selector that will run ranks by CDM."""
+    from ..selectors import SELECTORS, resolve
+    from ..verifiers import load_checker
+
+    if cfg.score.cdm is not None:
+        return cfg.score.cdm
+    prompts = artifacts.read_json(Path(run_dir) / "prompts" / "manifest.json")
+    labelled = bool(prompts.get("with_answers")) or load_checker(cfg.data.checker) is not None
+    return SELECTORS[resolve(cfg.select.selector, labelled, cfg.select.threshold)].cdm
+
+
+def run(run_dir: Path, cfg: RunConfig, model, tok, cdm: bool = True) -> dict:
     stage_dir = Path(run_dir) / "score"
     stage_dir.mkdir(parents=True, exist_ok=True)
     rows = artifacts.read_jsonl(Path(run_dir) / "generate" / "samples.jsonl")
-    scored = score_shared(model, tok, rows, cfg.score, stage_dir / "scored.partial.jsonl",
+    scored = score_shared(model, tok, rows, dataclasses.replace(cfg.score, cdm=cdm), stage_dir / "scored.partial.jsonl",
                           hint="--max-train-prompts N or --k N", checker=cfg.data.checker)
     if not distributed.is_main():  # the main process writes the stage's files
         return distributed.others_read(stage_dir, "score")

@@ -26,6 +26,7 @@ Only an eligible pool smaller than select.min_kept refuses to train, and says wh
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from pathlib import Path
@@ -34,7 +35,7 @@ from .. import artifacts
 from ..checking import normalise
 from ..config import RunConfig, SelectConfig
 from ..errors import DepthtuneError
-from ..selectors import SELECTORS
+from ..selectors import SELECTORS, resolve
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -44,6 +45,12 @@ def quantile(values: list[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(v) - 1)
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def resolved(cfg: SelectConfig, rows: list[dict]) -> SelectConfig:
+    """cfg with `auto` replaced by the selector that runs on these rows (depthtune.selectors.resolve)."""
+    labelled = any(r.get("correct") is not None for r in rows)
+    return dataclasses.replace(cfg, selector=resolve(cfg.selector, labelled, cfg.threshold))
 
 
 def needs_correct(cfg: SelectConfig) -> bool:
@@ -112,6 +119,7 @@ def describe_pool(cfg: SelectConfig, labelled: bool) -> str:
 def select(rows: list[dict], cfg: SelectConfig) -> tuple[list[dict], dict, str]:
     """-> (kept rows in their original order, yield per prompt {prompt_id: [kept, total]}, the line used in
     words)."""
+    cfg = resolved(cfg, rows)
     ranked = pool(rows, cfg)
     what = describe_pool(cfg, uses_labels(cfg, rows))
     by = {"cdm": "CDM", "logprob": "mean log-prob", "majority_cdm": "CDM"}.get(cfg.selector, cfg.selector)
@@ -142,6 +150,7 @@ def select(rows: list[dict], cfg: SelectConfig) -> tuple[list[dict], dict, str]:
 
 def explain_small(rows: list[dict], cfg: SelectConfig, kept: int) -> str:
     """Why the selection is too small to train on, and a setting that would keep enough."""
+    cfg = resolved(cfg, rows)
     need = max(1, cfg.min_kept)
     ranked = pool(rows, cfg)
     what = describe_pool(cfg, uses_labels(cfg, rows))
@@ -187,7 +196,7 @@ def run(run_dir: Path, cfg: RunConfig, log=print) -> dict:
         raise DepthtuneError(f"the score stage has not run in {run_dir}: run `depthtune score --run-dir {run_dir}` "
                              f"(or `depthtune run`) first")
     rows = artifacts.read_jsonl(path)
-    s = cfg.select
+    s = resolved(cfg.select, rows)
     if s.selector == "correct" and not any(r.get("correct") is not None for r in rows):
         raise DepthtuneError("--selector correct keeps the correct samples, and these prompts have no reference "
                              "answers; select without labels: --selector majority (self-consistency), cdm or logprob")

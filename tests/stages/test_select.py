@@ -105,19 +105,20 @@ def test_a_small_pool_is_blamed_on_the_pool_not_the_threshold():
 
 def test_the_relative_line_keeps_the_top_share_and_at_least_min_kept():
     rows = [row("p", i, float(i)) for i in range(40)]
-    kept, _, line = select(rows, SelectConfig(top_share=0.25, min_kept=4))
+    kept, _, line = select(rows, SelectConfig(selector="cdm", top_share=0.25, min_kept=4))
     assert sorted(r["cdm"] for r in kept) == [float(i) for i in range(30, 40)]  # the deepest quarter
     assert line == "the top 25% by CDM of 40 correct, non-degenerate samples"
-    kept, _, line = select(rows, SelectConfig(top_share=0.25, min_kept=16))
+    kept, _, line = select(rows, SelectConfig(selector="cdm", top_share=0.25, min_kept=16))
     assert len(kept) == 16 and "raised to select.min_kept = 16" in line
 
 
 def test_a_task_off_the_built_in_scale_still_trains():
     """Every eligible sample sits below the built-in CDM line of 75: the relative line keeps the best of them."""
     rows = [row(f"p{i // 4}", i % 4, 40.0 + i / 10) for i in range(60)]
-    kept, _, _ = select(rows, SelectConfig())
+    kept, _, _ = select(rows, SelectConfig(selector="cdm"))
     assert len(kept) == 30 and min(r["cdm"] for r in kept) > max(r["cdm"] for r in rows if r not in kept)
     assert select(rows, SelectConfig(threshold=75))[0] == []  # an absolute line calibrated elsewhere keeps none
+    assert len(select(rows, SelectConfig())[0]) == 60  # the default with labels: every correct sample
 
 
 def vote_rows():
@@ -174,3 +175,13 @@ def test_a_verifier_decides_correctness(tmp_path, monkeypatch):
         with pytest.raises(DepthtuneError, match=msg):
             load_checker(spec)
     sys.modules.pop("my_checks", None)
+
+
+def test_auto_is_rejection_sampling_with_labels_self_consistency_without_and_cdm_with_a_line():
+    from depthtune.selectors import resolve
+
+    assert resolve("auto", labelled=True) == "correct" and resolve("auto", labelled=False) == "majority"
+    assert resolve("auto", labelled=True, threshold=70) == "cdm" and resolve("logprob", labelled=False) == "logprob"
+    rows = vote_rows()  # no references
+    kept, _, line = select(rows, SelectConfig(min_kept=0))
+    assert [r["sample_id"] for r in kept] == ["a#0", "a#1", "a#2"] and "majority answer" in line
