@@ -148,6 +148,7 @@ def server_rows(rows, tok, top_ids):
     """llama-server's top-k at the same positions, mapped to local ids (the teacher's Q4_1 weights)."""
     from depthtune.backends.llama_server import LlamaServer
     from depthtune.backends.openai import OpenAISampler
+    from depthtune.backends.served_teacher import score_tokens
     from depthtune.config import BackendConfig
     from depthtune.models import embedded_gguf
     from depthtune.teacher_cache import leftover_logmass
@@ -157,7 +158,7 @@ def server_rows(rows, tok, top_ids):
         served = OpenAISampler(BackendConfig(kind="openai", base_url=url, concurrency=4), tok, log=lambda *a: None)
         for r in rows:
             target = r["completion_ids"] + ([tok.eos_token_id] if r["finished"] else [])
-            got = served.score_tokens(r["prompt_ids"], target, topk=K)
+            got = score_tokens(served, r["prompt_ids"], target, topk=K)
             ids.append(got["ids"])
             logp.append(got["logp"])
         served.close()

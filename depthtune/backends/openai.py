@@ -170,7 +170,7 @@ class OpenAISampler:
 
     # -- errors ---------------------------------------------------------------------------------
 
-    def _fail(self, e: openai.APIError, midway: bool, url: str | None = None) -> DepthtuneError:
+    def fail(self, e: openai.APIError, midway: bool, url: str | None = None) -> DepthtuneError:
         """An SDK error (after its retries) -> one line that says what to do."""
         url = url or self.url
         resume = "; run the same command again to resume from the last finished chunk" if midway else ""
@@ -210,7 +210,7 @@ class OpenAISampler:
                 return wanted
             raise DepthtuneError(f"the server at {url} does not list its models; name one with --served-model")
         except openai.APIError as e:
-            raise self._fail(e, midway=False, url=url) from None
+            raise self.fail(e, midway=False, url=url) from None
         names = {}
         for m in listed.get("data") or []:  # llama.cpp also answers to its aliases
             for n in [m.get("id")] + list(m.get("aliases") or []):
@@ -228,7 +228,7 @@ class OpenAISampler:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def _ask(self, prompt, *, max_tokens: int, temperature: float, top_p: float, seed: int | None,
+    def ask(self, prompt, *, max_tokens: int, temperature: float, top_p: float, seed: int | None,
              depth: int) -> dict:
         """One request -> its first choice as a plain dict (extra fields kept: llama.cpp's ids and bytes).
 
@@ -257,7 +257,7 @@ class OpenAISampler:
             return messages
         return self.tok.decode(tok_ids, skip_special_tokens=False)
 
-    def _depth(self, prompt, topk: int) -> int:
+    def depth_for(self, prompt, topk: int) -> int:
         """Alternatives to ask for at top-k, found with a one-token probe: one-line errors for a server
         that gives no log-probs or fewer than topk of them."""
         if topk in self.depths:
@@ -265,12 +265,12 @@ class OpenAISampler:
         refused = None
         for ask in dict.fromkeys((topk + HEADROOM, topk)):
             try:
-                choice = self._ask(prompt, max_tokens=1, temperature=1.0, top_p=1.0, seed=0, depth=ask)
+                choice = self.ask(prompt, max_tokens=1, temperature=1.0, top_p=1.0, seed=0, depth=ask)
             except openai.BadRequestError as e:  # vLLM and OpenAI refuse a depth past their maximum
                 refused = server_says(e)
                 continue
             except openai.APIError as e:
-                raise self._fail(e, midway=False) from None
+                raise self.fail(e, midway=False) from None
             steps = parse_steps(choice.get("logprobs"))
             if not steps:
                 raise DepthtuneError(f"the server at {self.url} returned no log-probs; top-k rows (generate.topk="
@@ -297,7 +297,7 @@ class OpenAISampler:
         and NaN at other temperatures (the cached loss then tempers the tail as one bucket)."""
         ids = [prompt_ids(self.tok, it, system_prompt, self.template) for it in items]
         prompts = [self._prompt(p, it, system_prompt) for p, it in zip(ids, items)]
-        depth = self._depth(prompts[0], topk) if topk else 0
+        depth = self.depth_for(prompts[0], topk) if topk else 0
         start = time.perf_counter()
         params = {"max_tokens": max_new_tokens, "temperature": temperature, "depth": depth,
                   "top_p": top_p if temperature > 0 else 1.0}
@@ -318,12 +318,12 @@ class OpenAISampler:
 
     def _sample(self, prompt, params: dict, topk: int) -> Sample:
         try:
-            return self._convert(self._ask(prompt, **params), prompt, topk, params["depth"])
+            return self._convert(self.ask(prompt, **params), prompt, topk, params["depth"])
         except AllServersLost:
             raise DepthtuneError(f"lost every server ({self.url}); run the same command again to resume from the "
                                  f"last finished chunk") from None
         except openai.APIError as e:
-            raise self._fail(e, midway=True) from None
+            raise self.fail(e, midway=True) from None
 
     def _convert(self, choice: dict, prompt, topk: int, depth: int) -> Sample:
         """A server's choice -> local ids, chosen log-probs and (topk > 0) the top-k rows."""
@@ -356,7 +356,7 @@ class OpenAISampler:
         if self.cfg.endpoint == "chat":
             raise DepthtuneError(f"the server at {self.url} leaves the end-of-sequence step out of its log-probs, "
                                  f"and top-k rows need it; use --set backend.endpoint=completions")
-        choice = self._ask(prompt + text, max_tokens=1, temperature=1.0, top_p=1.0, seed=0, depth=depth)
+        choice = self.ask(prompt + text, max_tokens=1, temperature=1.0, top_p=1.0, seed=0, depth=depth)
         steps = parse_steps(choice.get("logprobs"))
         if not steps:
             raise DepthtuneError(f"the server at {self.url} returned no log-probs for the end-of-sequence step")
@@ -384,48 +384,6 @@ class OpenAISampler:
             ids[t] = torch.tensor(list(row), dtype=torch.int32)
             logp[t] = torch.tensor(list(row.values()))
         return (ids, logp), dropped
-
-    # -- a teacher for on-policy distillation ----------------------------------------------------------
-
-    def score_tokens(self, prompt: list[int], completion: list[int], topk: int = 20) -> dict:
-        """The teacher's log-prob of each token of a completion someone else wrote, and its top-k there.
-
-        One request per position, the prompt given as token ids up to that position (max_tokens=1, top_logprobs
-        topk): llama.cpp's server has no `echo` of prompt log-probs, and its prompt cache makes each request
-        compute one new token. A token outside the teacher's top-k gets the k-th log-prob (an upper bound on
-        its own; counted in `misses`). -> {logprobs [L], ids [L, k], logp [L, k], misses, requests}."""
-        depth = self._depth(prompt, topk) if topk else 1
-        futures = [self.pool.submit(self._step_at, prompt + completion[:t], depth) for t in range(len(completion))]
-        steps = [f.result() for f in futures]
-        out_lp, ids, logp, misses = [], torch.zeros(len(steps), topk, dtype=torch.long), torch.zeros(len(steps), topk), 0
-        for t, step in enumerate(steps):
-            row: dict[int, float] = {}
-            for alt in step.top:
-                i = self.tmap.local_id(alt)
-                if i is not None and i not in row:
-                    row[i] = alt.logprob
-            if completion[t] in row:
-                out_lp.append(row[completion[t]])
-            else:
-                out_lp.append(min(row.values()) if row else -30.0)
-                misses += 1
-            kept = list(row.items())[:topk]
-            ids[t, :len(kept)] = torch.tensor([i for i, _ in kept])
-            logp[t, :len(kept)] = torch.tensor([v for _, v in kept])
-        return {"logprobs": torch.tensor(out_lp), "ids": ids, "logp": logp, "misses": misses, "requests": len(steps)}
-
-    def _step_at(self, ids: list[int], depth: int):
-        try:
-            choice = self._ask(ids, max_tokens=1, temperature=1.0, top_p=1.0, seed=0, depth=depth)
-        except AllServersLost:
-            raise DepthtuneError(f"lost every server ({self.url}); run the same command again to resume") from None
-        except openai.APIError as e:
-            raise self._fail(e, midway=True) from None
-        steps = parse_steps(choice.get("logprobs"))
-        if not steps:
-            raise DepthtuneError(f"the server at {self.url} returned no log-probs; on-policy distillation from a "
-                                 f"server needs a teacher that returns them (vLLM, llama.cpp, SGLang)")
-        return steps[0]
 
     def _count(self, samples: list[Sample]) -> None:
         sampled = [t for s in samples for t in s.unmapped[0]]

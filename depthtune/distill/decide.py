@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from .. import artifacts, htmlpage, stats
-from ..reporting import describe, fmt, interval_bars, machine, paired
+from ..reporting import answer_cell, describe, fmt, interval_bars, machine, paired, prompt_of
 
 LABELS = {"teacher": "teacher", "student": "student, untouched", "alone": "student trained alone",
           "distilled": "student distilled"}
@@ -55,6 +55,9 @@ def collect(run_dir: Path, cfg) -> dict:
     out["distilled_vs_alone"] = {**paired(rows["alone"], rows["distilled"]),
                                  "delta": accuracy_delta(scores, "distilled", "alone")}
     out["priority"], out["calls_per_day"] = cfg.distill.priority, cfg.distill.calls_per_day
+    out["example"] = one_prompt(rows)
+    gen = artifacts.read_json(run_dir / "generate" / "manifest.json")
+    out["cache_note"] = cache_note(gen, cfg)
     out["decision"] = decide(out, scores)
     return out
 
@@ -125,6 +128,28 @@ ROWS = [("accuracy", "Accuracy", "{:.0%}"), ("mean_cdm", "Mean CDM", "{:.1f}"), 
         ("teacher_data_seconds", "Teacher generation seconds", "{:.0f}")]
 
 
+def one_prompt(rows: dict[str, list[dict]]) -> dict | None:
+    """One held-out prompt with every model's answer: one the models disagree on where there is one."""
+    by = {m: {r["prompt_id"]: r for r in rs} for m, rs in rows.items()}
+    common = [p for p in by["teacher"] if all(p in b for b in by.values())]
+    if not common:
+        return None
+    split = [p for p in common if len({by[m][p].get("correct") for m in by}) > 1]
+    pick = (split or common)[0]
+    first = by["teacher"][pick]
+    return {"prompt": prompt_of(first), "reference": first.get("answer"),
+            "answers": {m: {"completion": by[m][pick]["completion"], "correct": by[m][pick].get("correct")} for m in by}}
+
+
+def cache_note(gen: dict, cfg) -> str | None:
+    """A server's cached top-k is exact at tau = 1 only: said where it was used at another temperature."""
+    if gen.get("topk") and gen.get("backend", "local") != "local" and cfg.distill.temperature != 1:
+        return (f"The teacher's top-{gen['topk']} came from a server ({gen['backend']}), which gives no tail: the "
+                f"cached target is exact at temperature 1 only, and at {cfg.distill.temperature:g} it tempers the "
+                f"leftover mass as one bucket (docs/distillation.md).")
+    return None
+
+
 def gap_lines(g: dict) -> list[str]:
     """distilled - alone and teacher - alone with their intervals; their ratio only when it is defined."""
     dv, tv = g["distilled_minus_alone"], g["teacher_minus_alone"]
@@ -139,6 +164,16 @@ def gap_lines(g: dict) -> list[str]:
     return lines
 
 
+def example_lines(ex: dict | None) -> list[str]:
+    if not ex:
+        return []
+    rows = [f"| {LABELS[name]} | {answer_cell(a['completion'])} | "
+            f"{'n/a' if a['correct'] is None else 'yes' if a['correct'] else 'no'} |" for name, a in ex["answers"].items()]
+    return ["## One held-out prompt, every model's answer", "", f"Prompt: {answer_cell(ex['prompt'])}"
+            + (f" (reference: {answer_cell(ex['reference'])})" if ex.get("reference") else ""), "",
+            "| model | answer | correct |", "|---|---|---|", *rows, ""]
+
+
 def render(m: dict) -> str:
     names = list(m["models"])
     head = "| metric | " + " | ".join(LABELS[n] for n in names) + " |"
@@ -149,7 +184,8 @@ def render(m: dict) -> str:
     table.append("| Accuracy, 95% interval | " + " | ".join(ci) + " |")
     gap = gap_lines(m["gap_recovered"])
     return "\n".join(["# depthtune compare", "", f"Machine: {m['machine']}.", "", *table, "", *gap, "",
-                      "## Decision", "", *[f"- {line}" for line in m["decision"]], "",
+                      *([m["cache_note"], ""] if m.get("cache_note") else []),
+                      "## Decision", "", *[f"- {line}" for line in m["decision"]], "", *example_lines(m.get("example")),
                       "![Held-out accuracy of the four models](models.png)", ""])
 
 

@@ -92,6 +92,7 @@ class DistillTrainer(Trainer):
     def remote_loss(self, model, inputs, num_items_in_batch):
         """An on-policy batch scored by a teacher behind a server: its log-probs of the student's tokens are
         the advantage of a policy-gradient loss (losses.onpolicy_pg_loss)."""
+        from ..backends.served_teacher import score_tokens
         from .losses import onpolicy_pg_loss
         from .onpolicy import examples_of
 
@@ -105,7 +106,7 @@ class DistillTrainer(Trainer):
             if not len(target):
                 continue
             start = int(target[0])
-            got = self.remote.score_tokens(ids[:start].tolist(), row_labels[target].tolist(), topk=self.kd.topk)
+            got = score_tokens(self.remote, ids[:start].tolist(), row_labels[target].tolist(), topk=self.kd.topk)
             teacher_lp.append(got["logprobs"])
             self.counts["teacher_positions"] += got["requests"]
             self.counts["teacher_misses"] += got["misses"]

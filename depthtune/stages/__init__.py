@@ -79,8 +79,8 @@ def _evaluate(which: str):
         from . import evaluate
 
         model, tok = session.base() if which == "base" else session.tuned()
-        summary = evaluate.evaluate_model(run_dir, cfg, which, model, tok, log=session.log,
-                                          sampler=session.served() if which == "base" else None)
+        sampler = session.served() if which == "base" else session.served_tuned(run_dir)
+        summary = evaluate.evaluate_model(run_dir, cfg, which, model, tok, log=session.log, sampler=sampler)
         if all((Path(run_dir) / "evaluate" / f"{w}.json").exists() for w in evaluate.WHICH):
             evaluate.finish(run_dir, cfg)
         return summary

@@ -96,6 +96,19 @@ def write_gguf(model_dir: Path, base_gguf: Path, out: Path, dtype: str = "F16") 
     return out
 
 
+def quant_of(gguf_path: Path) -> str:
+    """The weight type of a GGUF file as an export --quant name (the base's: like with like)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(gguf_path))
+    field = reader.fields.get(gguf.Keys.General.FILE_TYPE)
+    kind = gguf.LlamaFileType(int(field.contents())).name if field else "MOSTLY_F16"
+    name = kind.replace("MOSTLY_", "").replace("ALL_", "").lower()
+    if name not in QUANTS:
+        raise DepthtuneError(f"the base GGUF's weight type {kind} has no --quant here; use one of {', '.join(QUANTS)}")
+    return name
+
+
 def export(run_dir: Path, quant: str = "q8_0", log=print) -> Path:
     run_dir = Path(run_dir)
     if quant not in QUANTS:

@@ -116,6 +116,23 @@ class Session:
         b = self.cfg.backend
         return self.sampler() if b.kind != "local" and b.evaluate else None
 
+    def served_tuned(self, run_dir: Path):
+        """With backend.evaluate on llama-server: the tuned model exported to GGUF in the base's weight type
+        and served the same way, so before and after are answered by one engine (else None: in-process)."""
+        b = self.cfg.backend
+        if not b.evaluate or choose_backend(b.kind, self.cfg.model.name, self.cfg.model.device) != "llama-server":
+            return None
+        from .export import export, quant_of
+
+        gguf = export(run_dir, quant_of(models.gguf_path(self.cfg.model.name)), log=self.log)
+        self._tuned_server = LlamaServer(gguf, log=self.log, parallel=b.concurrency,
+                                         ctx=b.concurrency * (2048 + self.cfg.evaluate.max_new_tokens))
+        from ..backends.openai import OpenAISampler
+
+        url = self._tuned_server.start()
+        return OpenAISampler(dataclasses.replace(b, kind="llama-server", base_url=url), self.tokenizer(), log=self.log,
+                             template=self.cfg.data.template)
+
     def release(self) -> None:
         """Drop every model this session holds (the next base() or tuned() loads again)."""
         self._model = self.trained = self.merged = None
@@ -127,9 +144,10 @@ class Session:
         """Stop a server this session started; drop the models."""
         if self._remote is not None:
             self._remote.close()
-        if self._server is not None:
-            self._server.stop()
-        self._remote = self._server = None
+        for server in (self._server, getattr(self, "_tuned_server", None)):
+            if server is not None:
+                server.stop()
+        self._remote = self._server = self._tuned_server = None
         self.release()
 
 
