@@ -73,7 +73,7 @@ def _rows_named(numbers: list[int], most: int = 5) -> str:
     return f"row {shown}" if len(numbers) == 1 else f"rows {shown}" + (", ..." if len(numbers) > most else "")
 
 
-def _to_prompt(row: dict, i: int, cfg: DataConfig, source: str) -> dict:
+def _to_prompt(row: dict, i: int, cfg: DataConfig, source: str, prefix: str = "row") -> dict:
     if "messages" in row and cfg.prompt_field not in row:
         msgs = row["messages"]
         if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and "role" in m for m in msgs):
@@ -91,15 +91,16 @@ def _to_prompt(row: dict, i: int, cfg: DataConfig, source: str) -> dict:
         item = {"prompt": "" if value is None else str(value)}  # None must not become the prompt "None"
     answer = None if answer is None or str(answer).strip() == "" else str(answer).strip()
     checker = pick_checker(answer, cfg.checker) if answer is not None else None
-    return {"id": str(row.get("id", f"row-{i:05d}")), **item, "answer": answer, "checker": checker,
+    return {"id": str(row.get("id", f"{prefix}-{i:05d}")), **item, "answer": answer, "checker": checker,
             "suite": str(row.get("suite", "user")), "category": row.get("category"), "level": row.get("level")}
 
 
-def load_prompt_file(path: str, cfg: DataConfig) -> list[dict]:
+def load_prompt_file(path: str, cfg: DataConfig, prefix: str = "row") -> list[dict]:
+    """Rows without an 'id' are named `prefix`-NNNNN (a held-out file's as held-NNNNN, apart from the training file's)."""
     rows = _read_rows(path)
     if not rows:
         raise DepthtuneError(f"{path} holds no prompts; give a file with at least one row")
-    prompts = [_to_prompt(r, i, cfg, path) for i, r in enumerate(rows)]
+    prompts = [_to_prompt(r, i, cfg, path, prefix) for i, r in enumerate(rows)]
     blank = [i + 1 for i, p in enumerate(prompts) if _blank(p)]
     if blank:
         raise DepthtuneError(f"{path}: {len(blank)} of {len(rows)} rows have an empty or null prompt "
@@ -117,7 +118,7 @@ def load_prompts(cfg: DataConfig) -> tuple[list[dict], list[dict]]:
     else:
         train = load_prompt_file(cfg.path, cfg)
         if cfg.eval_path:
-            held = load_prompt_file(cfg.eval_path, cfg)
+            held = load_prompt_file(cfg.eval_path, cfg, prefix="held")
         else:
             order = list(range(len(train)))
             random.Random(cfg.seed).shuffle(order)

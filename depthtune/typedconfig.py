@@ -114,6 +114,8 @@ def locate(cfg, dotted: str, renamed: dict | None = None) -> tuple[Any, str]:
                                      f"{dataclasses.fields(getattr(obj, part))[0].name}=...")
             return obj, part
         obj = getattr(obj, part)
+        if isinstance(obj, dict) and i == len(parts) - 2:  # a dict of overrides (distill.select.KEY)
+            return obj, parts[-1]
         if not dataclasses.is_dataclass(obj):
             raise DepthtuneError(f"'{'.'.join(parts[:i + 1])}' is a value, not a section")
 
@@ -121,7 +123,10 @@ def locate(cfg, dotted: str, renamed: dict | None = None) -> tuple[Any, str]:
 def set_key(cfg, dotted: str, value: Any, renamed: dict | None = None) -> None:
     """Set `section.key` on a nested dataclass: unknown names and values of the wrong type get one line."""
     obj, key = locate(cfg, dotted, renamed)
-    setattr(obj, key, coerce(dotted, value, typing.get_type_hints(type(obj))[key]))
+    if isinstance(obj, dict):
+        obj[key] = value  # checked where the overrides are applied (config.side), against their section
+    else:
+        setattr(obj, key, coerce(dotted, value, typing.get_type_hints(type(obj))[key]))
 
 
 def parse_override(text: str) -> tuple[str, Any]:

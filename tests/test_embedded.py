@@ -5,8 +5,9 @@ import pytest
 
 from depthtune.cli import main
 
+pytestmark = pytest.mark.slow  # a real server, several processes or the embedded model
 
-@pytest.mark.slow
+
 def test_run_on_the_embedded_model(tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["run", "--run-dir", str(run_dir), "--max-train-prompts", "3", "--max-eval-prompts", "3", "--k", "2",
@@ -26,7 +27,6 @@ def test_run_on_the_embedded_model(tmp_path, capsys):
     assert "Mean CDM" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_sweep_on_the_embedded_model(tmp_path, capsys):
     """Prompt distillation and LoRA on the real model: the context teacher's soft targets reach the
     student, and every cell reports both capabilities against its own teacher."""
@@ -34,7 +34,7 @@ def test_sweep_on_the_embedded_model(tmp_path, capsys):
 
     spec = {"base": {"data": {"max_eval_prompts": 6}, "generate": {"max_new_tokens": 10},
                      "evaluate": {"max_new_tokens": 10}, "train": {"epochs": 1},
-                     "select": {"require_correct": False}, "distill": {"k": 1}},
+                     "select": {"require_correct": False}, "distill": {"generate": {"k": 1}}},
             "teachers": {"smol": {}}, "axes": {"method": ["lora", "prompt"], "size": [3], "student": ["self"]}}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec))

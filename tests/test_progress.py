@@ -64,8 +64,8 @@ def test_sample_all_reports_progress_in_prompts(tmp_path):
     lines = []
     items = [{"id": f"p{i}"} for i in range(10)]
     rows, _ = sample_all(FakeSampler(), items, tmp_path / "partial.jsonl", k=2, temperature=1.0, top_p=1.0,
-                         max_new_tokens=3, batch_size=4, seed=0, progress=lines.append, desc="generate")
-    assert len(rows) == 20
+                         max_new_tokens=3, batch_size=1, seed=0, progress=lines.append, desc="generate")
+    assert len(rows) == 20  # a chunk is 4 x batch_size sequences: 2 prompts of k = 2
     assert lines[0].startswith("  generate: 2/10 prompts (20%)") and "expected about" in lines[0]
     assert lines[-1].startswith("  generate: 10/10 prompts in ")
 

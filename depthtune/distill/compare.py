@@ -115,9 +115,9 @@ def check_cross_tokenizer(cfg: RunConfig, teacher_tok, student_tok) -> None:
 def curriculum_order(rows: list[dict], how: str) -> list[dict]:
     """Easy -> hard: by CDM (deepest first) or by difficulty level (then deepest first)."""
     if how == "cdm":
-        return sorted(rows, key=lambda r: (-r.get("cdm", 0.0), r["sample_id"]))
+        return sorted(rows, key=lambda r: (-(r.get("cdm") or 0.0), r["sample_id"]))
     if how == "level":
-        return sorted(rows, key=lambda r: (r.get("level") or 0, -r.get("cdm", 0.0), r["sample_id"]))
+        return sorted(rows, key=lambda r: (r.get("level") or 0, -(r.get("cdm") or 0.0), r["sample_id"]))
     return rows
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from pathlib import Path
 
 from .. import artifacts, htmlpage, stats
@@ -32,6 +33,7 @@ from ..reporting import interval_bars, per_prompt
 from ..selectors import COMPARED, SELECTORS
 from ..stages import before, evaluate, pipeline, select, train
 from ..stages.report import ranking_power
+from . import executor
 
 METRICS = (("accuracy", "accuracy", 100), ("mean_cdm", "mean CDM", 1), ("deep_rate", "deep rate", 100))
 
@@ -246,9 +248,7 @@ def run_ablate(run_dir: Path, cfg: RunConfig, log=print, executor: str = "local"
         cells = [(sel, seed) for sel in selectors_of(cfg) for seed in cfg.ablate.seeds]
         if executor == "ray":
             session.close()
-            from .executor import run_ablate_cells
-
-            results = run_ablate_cells(run_dir, cfg, cells, k, log=log, address=address)
+            results = _on_ray(run_dir, cfg, cells, k, log, address)
         else:
             base, tok = session.base()
             results = [run_cell(run_dir, cfg, sel, seed, k, rows, base, tok, log) for sel, seed in cells]
@@ -262,3 +262,34 @@ def run_ablate(run_dir: Path, cfg: RunConfig, log=print, executor: str = "local"
     artifacts.write_text(folder / "report.md", md)
     artifacts.write_text(folder / "report.html", htmlpage.render(md, folder, "depthtune ablate"))
     return m
+
+
+# -- on Ray (--executor ray; see experiments.executor) --------------------------------------------------
+
+
+def cell_task(run_dir: str, cfg: RunConfig, selector: str, seed: int, k: int) -> dict:
+    """One (selector, seed) cell as a Ray task."""
+    folder = Path(run_dir)
+    cell_dir = folder / "ablate" / f"{selector}-seed{seed}"
+    try:
+        with artifacts.DirLock(cell_dir, lambda *a: None, "cell directory"):
+            artifacts.write_text(cell_dir / "worker.pid", str(os.getpid()))
+            session = pipeline.Session(cfg, lambda *a: None)
+            rows = artifacts.read_jsonl(folder / "score" / "scored.jsonl")
+            return run_cell(folder, cfg, selector, seed, k, rows, *session.base(), log=lambda *a: None)
+    except DepthtuneError as e:
+        return {"error": str(e), "selector": selector, "seed": seed}
+
+
+def _on_ray(run_dir: Path, cfg: RunConfig, cells: list[tuple[str, int]], k: int, log, address: str | None) -> list:
+    """Every (selector, seed) cell as a Ray task; -> their results in `cells` order."""
+    with executor.cluster(address, log) as ray:
+        executor.check_shared(ray, run_dir)
+        task = executor.remote(ray, cell_task, cfg.ablate.resources)
+        refs = {f"{sel}-seed{seed}": task.remote(str(run_dir), cfg, sel, seed, k) for sel, seed in cells}
+        results = executor.wait_all(ray, refs, log)
+    failed = {n: r["error"] for n, r in results.items() if r.get("error")}
+    if failed:
+        name, error = next(iter(failed.items()))
+        raise DepthtuneError(f"ablation cell {name} failed: {error}; the others are kept, run the same command again")
+    return [results[f"{sel}-seed{seed}"] for sel, seed in cells]

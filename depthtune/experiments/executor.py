@@ -7,7 +7,8 @@ for `depthtune ablate`.
                     `ray start --address HEAD:6379` on the others); --address ray://HEAD:10001 joins through
                     Ray Client
 
-What runs where: the driver (this process) plans, holds the sweep directory's lock, submits tasks and
+What runs where (the tasks themselves live with their commands, experiments.sweep and experiments.ablate;
+this module is the part they share): the driver (this process) plans, holds the sweep directory's lock, submits tasks and
 writes the report. Every teacher job, ensemble and untouched student is a task, and every cell a task
 whose arguments are the tasks it reads, so Ray starts a cell only once its teacher work is done. Each task
 requests the sweep file's `resources: {cpus_per_cell, gpus_per_cell}` (ablate: ablate.resources) and uses
@@ -26,7 +27,6 @@ network; the local cluster depthtune starts listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import uuid
 from pathlib import Path
@@ -134,111 +134,13 @@ def wait_all(ray, cells: dict, log, done_before: int = 0) -> dict:
     return results
 
 
-# -- sweeps -------------------------------------------------------------------------------------------
-
-
-def _sweep_tasks(ray, resources: dict):
-    opts = dict(num_cpus=resources.get("cpus_per_cell", 1), num_gpus=resources.get("gpus_per_cell", 0),
-                max_retries=RETRIES)
-
-    @ray.remote(**opts)
-    def shared(sweep, folder: str, kind: str, key: str, *_deps) -> dict:
-        """One teacher job, ensemble or untouched student (the deps are the jobs it reads)."""
-        from . import sweep as sw
-        from .plan import make_plan
-
+def remote(ray, fn, resources: dict):
+    """`fn` as a Ray task asking for `resources` ({cpus_per_cell, gpus_per_cell}), retried when its worker dies,
+    running with as many torch threads as CPUs it was given."""
+    def task(*args):
         threads(ray)
-        plan, folder_ = make_plan(sweep), Path(folder)
-        mdl = sw.Models(sweep.base, lambda *a: None)
-        try:
-            if kind == "job":
-                sw.run_job(folder_ / "teachers" / key, plan.jobs[key], plan, mdl, lambda *a: None)
-            elif kind == "ensemble":
-                samples = {k: sw.job_rows(folder_ / "teachers" / k, plan.jobs[k]) for k in plan.ensembles[key]["jobs"]}
-                sw.run_ensemble(folder_ / "ensembles" / key, plan.ensembles[key], plan, samples, mdl, lambda *a: None)
-            else:
-                spec, base = key
-                sw.untouched(folder_ / "students" / sw.student_key(spec, base), spec, base, plan, mdl, lambda *a: None)
-        except DepthtuneError as e:
-            return {"error": str(e)}
-        return {}
+        return fn(*args)
 
-    @ray.remote(**opts)
-    def cell(sweep, folder: str, dir_name: str, *deps) -> dict:
-        """One cell, once the shared work it reads has finished (its deps)."""
-        from . import sweep as sw
-        from .plan import make_plan
-
-        threads(ray)
-        blocked = [d["error"] for d in deps if d.get("error")]
-        plan, folder_ = make_plan(sweep), Path(folder)
-        cp = next(c for c in plan.cells if c.dir_name == dir_name)
-        cell_dir = folder_ / "cells" / dir_name
-        if blocked:
-            return sw.record_failure(cell_dir, cp, DepthtuneError(f"shared teacher work failed: {blocked[0]}"))
-        with artifacts.DirLock(cell_dir, lambda *a: None, "cell directory"):
-            artifacts.write_text(cell_dir / "worker.pid", str(os.getpid()))  # for whoever watches the workers
-            samples = {k: sw.job_rows(folder_ / "teachers" / k, plan.jobs[k]) for k in cp.jobs}
-            return sw.attempt_cell(cell_dir, cp, plan, samples, sw.Models(sweep.base, lambda *a: None), folder_,
-                                   lambda *a: None)
-
-    return shared, cell
-
-
-def run_sweep_on_ray(sweep, plan, folder: Path, log=print, address: str | None = None) -> None:
-    """Every unfinished cell of the plan as a Ray task after the shared work it reads (see the module docstring)."""
-    from .plan import student_key
-
-    folder = Path(folder)
-    with cluster(address, log) as ray:
-        check_shared(ray, folder)
-        shared, cell = _sweep_tasks(ray, sweep.resources)
-        jobs = {k: shared.remote(sweep, str(folder), "job", k) for k in plan.jobs}
-        ensembles = {k: shared.remote(sweep, str(folder), "ensemble", k, *[jobs[j] for j in spec["jobs"]])
-                     for k, spec in plan.ensembles.items()}
-        students = {student_key(cp.student, cp.base_model): (cp.student, cp.base_model) for cp in plan.cells}
-        studs = {k: shared.remote(sweep, str(folder), "student", v) for k, v in students.items()}
-        todo = [cp for cp in plan.cells if not (folder / "cells" / cp.dir_name / "result.json").exists()]
-        log(f"ray: {len(plan.jobs)} teacher jobs, {len(plan.ensembles)} ensembles, {len(students)} untouched students, "
-            f"then {len(todo)} cells ({len(plan.cells) - len(todo)} already finished)")
-        refs = {cp.dir_name: cell.remote(sweep, str(folder), cp.dir_name, *[jobs[k] for k in cp.jobs],
-                                         *([ensembles[cp.ensemble]] if cp.ensemble else []),
-                                         studs[student_key(cp.student, cp.base_model)]) for cp in todo}
-        wait_all(ray, refs, log, done_before=len(plan.cells) - len(todo))
-
-
-# -- ablations ----------------------------------------------------------------------------------------
-
-
-def run_ablate_cells(run_dir: Path, cfg, cells: list[tuple[str, int]], k: int, log=print,
-                     address: str | None = None) -> list[dict]:
-    """Every (selector, seed) cell of an ablation as a Ray task; -> their results in `cells` order."""
-    run_dir = Path(run_dir)
-    with cluster(address, log) as ray:
-        check_shared(ray, run_dir)
-        res = cfg.ablate.resources
-
-        @ray.remote(num_cpus=res.get("cpus_per_cell", 1), num_gpus=res.get("gpus_per_cell", 0), max_retries=RETRIES)
-        def cell(run_dir_: str, cfg_, selector: str, seed: int) -> dict:
-            from ..stages.pipeline import Session
-            from .ablate import run_cell
-
-            threads(ray)
-            folder = Path(run_dir_)
-            cell_dir = folder / "ablate" / f"{selector}-seed{seed}"
-            try:
-                with artifacts.DirLock(cell_dir, lambda *a: None, "cell directory"):
-                    artifacts.write_text(cell_dir / "worker.pid", str(os.getpid()))
-                    session = Session(cfg_, lambda *a: None)
-                    rows = artifacts.read_jsonl(folder / "score" / "scored.jsonl")
-                    return run_cell(folder, cfg_, selector, seed, k, rows, *session.base(), log=lambda *a: None)
-            except DepthtuneError as e:
-                return {"error": str(e), "selector": selector, "seed": seed}
-
-        refs = {f"{sel}-seed{seed}": cell.remote(str(run_dir), cfg, sel, seed) for sel, seed in cells}
-        results = wait_all(ray, refs, log)
-    failed = {n: r["error"] for n, r in results.items() if r.get("error")}
-    if failed:
-        name, error = next(iter(failed.items()))
-        raise DepthtuneError(f"ablation cell {name} failed: {error}; the others are kept, run the same command again")
-    return [results[f"{sel}-seed{seed}"] for sel, seed in cells]
+    task.__name__ = task.__qualname__ = getattr(fn, "__name__", "task")
+    return ray.remote(num_cpus=resources.get("cpus_per_cell", 1), num_gpus=resources.get("gpus_per_cell", 0),
+                      max_retries=RETRIES)(task)

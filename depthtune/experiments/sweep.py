@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from ..distill import ensemble
 from ..errors import DepthtuneError
 from ..stages import evaluate, generate
 from ..stages.score import judge, score_rows
+from . import executor
 from .grid import Sweep
 from .plan import Job, Plan, make_plan, student_key, topk_dirs
 
@@ -272,9 +274,7 @@ def run_sweep(sweep: Sweep, folder: Path, log=print, sweep_text: str | None = No
     if executor == "ray":
         if distributed.world()[1] > 1:
             raise DepthtuneError("--executor ray spreads the cells itself; run it without accelerate launch")
-        from .executor import run_sweep_on_ray
-
-        run_sweep_on_ray(sweep, plan, folder, log, address)
+        _on_ray(sweep, plan, folder, log, address)
         return write_report(folder, plan)
     mdl = Models(sweep.base, log)
     samples, failed_jobs = distributed.share(
@@ -305,3 +305,57 @@ def run_sweep(sweep: Sweep, folder: Path, log=print, sweep_text: str | None = No
         gc.collect()
         log("  " + progress.line())
     return distributed.on_main(lambda: write_report(folder, plan))  # None on the other processes
+
+
+# -- on Ray (--executor ray; see experiments.executor) --------------------------------------------------
+
+
+def shared_task(sweep: Sweep, folder: str, kind: str, key, *_deps) -> dict:
+    """One teacher job, ensemble or untouched student as a Ray task (the deps are the jobs it reads)."""
+    plan, folder_, mdl, quiet = make_plan(sweep), Path(folder), Models(sweep.base, lambda *a: None), lambda *a: None
+    try:
+        if kind == "job":
+            run_job(folder_ / "teachers" / key, plan.jobs[key], plan, mdl, quiet)
+        elif kind == "ensemble":
+            samples = {k: job_rows(folder_ / "teachers" / k, plan.jobs[k]) for k in plan.ensembles[key]["jobs"]}
+            run_ensemble(folder_ / "ensembles" / key, plan.ensembles[key], plan, samples, mdl, quiet)
+        else:
+            spec, base = key
+            untouched(folder_ / "students" / student_key(spec, base), spec, base, plan, mdl, quiet)
+    except DepthtuneError as e:
+        return {"error": str(e)}
+    return {}
+
+
+def cell_task(sweep: Sweep, folder: str, dir_name: str, *deps) -> dict:
+    """One cell as a Ray task, started once the shared work it reads (its deps) has finished."""
+    blocked = [d["error"] for d in deps if d.get("error")]
+    plan, folder_ = make_plan(sweep), Path(folder)
+    cp = next(c for c in plan.cells if c.dir_name == dir_name)
+    cell_dir = folder_ / "cells" / dir_name
+    if blocked:
+        return record_failure(cell_dir, cp, DepthtuneError(f"shared teacher work failed: {blocked[0]}"))
+    with artifacts.DirLock(cell_dir, lambda *a: None, "cell directory"):
+        artifacts.write_text(cell_dir / "worker.pid", str(os.getpid()))  # for whoever watches the workers
+        samples = {k: job_rows(folder_ / "teachers" / k, plan.jobs[k]) for k in cp.jobs}
+        return attempt_cell(cell_dir, cp, plan, samples, Models(sweep.base, lambda *a: None), folder_, lambda *a: None)
+
+
+def _on_ray(sweep: Sweep, plan: Plan, folder: Path, log, address: str | None) -> None:
+    """Every unfinished cell as a Ray task after the shared work it reads."""
+    folder = Path(folder)
+    with executor.cluster(address, log) as ray:
+        executor.check_shared(ray, folder)
+        shared, cell = (executor.remote(ray, f, sweep.resources) for f in (shared_task, cell_task))
+        jobs = {k: shared.remote(sweep, str(folder), "job", k) for k in plan.jobs}
+        ensembles = {k: shared.remote(sweep, str(folder), "ensemble", k, *[jobs[j] for j in spec["jobs"]])
+                     for k, spec in plan.ensembles.items()}
+        students = {student_key(cp.student, cp.base_model): (cp.student, cp.base_model) for cp in plan.cells}
+        studs = {k: shared.remote(sweep, str(folder), "student", v) for k, v in students.items()}
+        todo = [cp for cp in plan.cells if not (folder / "cells" / cp.dir_name / "result.json").exists()]
+        log(f"ray: {len(plan.jobs)} teacher jobs, {len(plan.ensembles)} ensembles, {len(students)} untouched students, "
+            f"then {len(todo)} cells ({len(plan.cells) - len(todo)} already finished)")
+        refs = {cp.dir_name: cell.remote(sweep, str(folder), cp.dir_name, *[jobs[k] for k in cp.jobs],
+                                         *([ensembles[cp.ensemble]] if cp.ensemble else []),
+                                         studs[student_key(cp.student, cp.base_model)]) for cp in todo}
+        executor.wait_all(ray, refs, log, done_before=len(plan.cells) - len(todo))

@@ -296,12 +296,15 @@ def degenerate_counts(rows: list[dict]) -> dict:
 
 
 def needs_cdm(run_dir: Path, cfg: RunConfig) -> bool:
-    """score.cdm, or when it is None: whether the selector that will run ranks by CDM."""
+    """score.cdm, or when it is None: whether the selector that will run ranks by CDM (or compare's
+    distill.curriculum orders by it)."""
     from ..selectors import SELECTORS, resolve
     from ..verifiers import load_checker
 
     if cfg.score.cdm is not None:
         return cfg.score.cdm
+    if cfg.distill.curriculum == "cdm":
+        return True
     prompts = artifacts.read_json(Path(run_dir) / "prompts" / "manifest.json")
     labelled = bool(prompts.get("with_answers")) or load_checker(cfg.data.checker) is not None
     return SELECTORS[resolve(cfg.select.selector, labelled, cfg.select.threshold)].cdm

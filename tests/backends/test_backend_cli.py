@@ -15,6 +15,8 @@ from depthtune.backends.openai import OpenAISampler
 from depthtune.cli import main
 from depthtune.models import embedded_gguf
 
+pytestmark = pytest.mark.slow  # a real server, several processes or the embedded model
+
 LENIENT = ["--set", "select.require_correct=false", "--set", "select.min_kept=0",  # keep what 12 tokens give
            "--set", "select.exclude_degenerate=false"]
 QUIET = {"log": lambda *_: None}
@@ -48,7 +50,6 @@ def llama_server_children() -> set[int]:
     return out
 
 
-@pytest.mark.slow
 def test_run_end_to_end_on_a_served_model(server, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["run", "--run-dir", str(run_dir), "--backend", "openai", "--base-url", server.url, *SMALL,
@@ -64,7 +65,6 @@ def test_run_end_to_end_on_a_served_model(server, tmp_path, capsys):
     assert "Mean CDM" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_run_with_a_managed_llama_server(tmp_path, capsys):
     before = llama_server_children()
     run_dir = tmp_path / "run"
@@ -77,16 +77,16 @@ def test_run_with_a_managed_llama_server(tmp_path, capsys):
     assert "llama-server on " in capsys.readouterr().out
 
 
-def test_auto_samples_the_embedded_model_with_llama_server(tmp_path):
-    assert generate(tmp_path / "run") == 0
+def test_llama_server_samples_the_embedded_model(tmp_path):
+    assert generate(tmp_path / "run", "--backend", "llama-server") == 0
     assert artifacts.read_manifest(tmp_path / "run" / "generate", "generate")["backend"] == "llama-server"
-    assert "kind: auto" in (tmp_path / "run" / "config.yaml").read_text()
+    assert "kind: llama-server" in (tmp_path / "run" / "config.yaml").read_text()
 
 
 def test_resume_after_the_server_dies_midway(tmp_path, monkeypatch, capsys):
     """The server is killed between chunks: the run stops with one line, a rerun against a new server
     finishes it, and the result equals an uninterrupted run's: nothing lost, nothing twice."""
-    extra = ["--max-train-prompts", "6", "--set", "generate.batch_size=4"]  # 3 chunks of 2 prompts x 2
+    extra = ["--max-train-prompts", "6", "--set", "generate.batch_size=1"]  # chunks of 4 x 1 sequences: 3 of 2 prompts
     first = LlamaServer(embedded_gguf(), parallel=4, **QUIET)
     url = first.start()
     real, chunks = OpenAISampler.sample_chunk, []

@@ -14,6 +14,8 @@ from depthtune.backends.llama_server import LlamaServer, choose_backend
 from depthtune.errors import DepthtuneError
 from depthtune.models import embedded_gguf
 
+pytestmark = pytest.mark.slow  # a real server, several processes or the embedded model
+
 
 def gone(pid: int, within: float = 15.0) -> bool:
     """True once no process `pid` exists (a zombie not yet reaped counts as gone)."""
@@ -71,9 +73,11 @@ def test_a_server_that_dies_at_start_shows_its_last_log_line(tmp_path):
     assert "\n" not in str(e.value) and not srv.alive()
 
 
-def test_auto_is_llama_server_for_a_gguf_on_cpu_else_local(tiny_model_dir):
-    assert choose_backend("auto", None) == "llama-server"  # the embedded model is a GGUF file
-    assert choose_backend("auto", str(embedded_gguf())) == "llama-server"
+def test_auto_samples_in_process_whatever_the_model(tiny_model_dir):
+    """The in-process batcher samples the embedded model as fast as llama-server (bench/bench_backends.py),
+    and needs nothing installed: auto is local for a GGUF file too."""
+    assert choose_backend("auto", None) == "local"
+    assert choose_backend("auto", str(embedded_gguf())) == "local"
     assert choose_backend("auto", str(tiny_model_dir)) == "local"
     assert choose_backend("auto", "some-org/some-model") == "local"
     assert choose_backend("auto", None, device="cuda") == "local"  # a GPU samples in process

@@ -19,7 +19,7 @@ def test_forward_pass_rows_match_generation_cache_and_average_mixes(tmp_path, to
                                                         seed=0, system_prompt=None, topk=5)
     prompts = [prompt_ids(tok, r) for r in rows]
     lps = target_logprobs(a, rows, prompts, tok.pad_token_id)
-    for lp, (ids, logp), r in zip(lps, cached, rows):
+    for lp, (ids, logp, _tails), r in zip(lps, cached, rows):
         assert lp.shape[0] == len(r["completion_ids"]) + bool(r["finished"]) == ids.shape[0]
         top = lp.topk(5, dim=-1)
         assert torch.equal(top.indices.int(), ids)  # same positions, same tokens as generation cached
@@ -28,8 +28,10 @@ def test_forward_pass_rows_match_generation_cache_and_average_mixes(tmp_path, to
         assert torch.allclose(chosen, torch.tensor(r["logprobs"]), atol=1e-4)
     mixed = average_topk([(a, tok, None), (b, tok, "Be brief.")], rows, k=5)
     lps_b = target_logprobs(b, rows, [prompt_ids(tok, r, "Be brief.") for r in rows], tok.pad_token_id)
-    for (ids, logp), la, lb in zip(mixed, lps, lps_b):
+    for (ids, logp, tails), la, lb in zip(mixed, lps, lps_b):
         want = ((la.exp() + lb.exp()) / 2).log()
         assert torch.allclose(want.gather(-1, ids.long()), logp.float(), atol=2e-2)
+        outside = want.exp().scatter(-1, ids.long(), 0.0).sum(-1)  # the mixture's mass off its top 5
+        assert torch.allclose(tails[:, 0].exp(), outside, rtol=1e-3)
         assert torch.equal(want.topk(5, dim=-1).indices.int(), ids)
         assert (F.softmax(want, -1).sum(-1) - 1).abs().max() < 1e-4

@@ -43,6 +43,7 @@ def test_compare_with_on_policy_batches(tmp_path, tokenizer_dir):
     args = ["compare", "--run-dir", str(run_dir), "--teacher", str(teacher), "--student-layers", "2",
             "--max-train-prompts", "6", "--max-eval-prompts", "3", "--set", "generate.max_new_tokens=5",
             "--set", "evaluate.max_new_tokens=5", "--set", "select.require_correct=false",
+            "--set", "distill.select.selector=random",
             "--set", "select.exclude_degenerate=false", "--set", "select.min_kept=0", "--set", "train.epochs=2",
             "--set", "train.batch_size=4", "--set", "distill.on_policy=1.0"]
     assert main(args) == 0
@@ -56,7 +57,7 @@ def test_sweep_cells_can_distil_on_policy(tmp_path, tokenizer_dir):
     sweep = {"name": "op", "base": {"data": {"max_train_prompts": 6, "max_eval_prompts": 3},
                                      "generate": {"max_new_tokens": 5}, "evaluate": {"max_new_tokens": 5},
                                      "select": {"require_correct": False, "exclude_degenerate": False},
-                                     "distill": {"generate": {"k": 2}, "teacher": str(teacher)}, "train": {"epochs": 1}},
+                                     "distill": {"generate": {"k": 2}, "select": {"selector": "random"}, "teacher": str(teacher)}, "train": {"epochs": 1}},
              "axes": {"student": ["self"], "method": ["lora"], "size": [3], "distill.on_policy": [0.0, 1.0]}}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(sweep))

@@ -26,16 +26,16 @@ def test_score_is_deterministic_and_batch_independent(tiny_model_dir):
 
     tok, model = models.load_tokenizer(str(tiny_model_dir)), models.load_model(str(tiny_model_dir))
     rows = _rows(tok)
-    cfg = ScoreConfig(batch_size=4)
+    cfg = ScoreConfig(cdm=True, batch_size=4)
     a = score.score_rows(model, tok, rows, cfg)
     b = score.score_rows(model, tok, rows, cfg)
-    single = score.score_rows(model, tok, rows, ScoreConfig(batch_size=1))
+    single = score.score_rows(model, tok, rows, ScoreConfig(cdm=True, batch_size=1))
     for x, y, z in zip(a, b, single):
         assert x["cdm"] == y["cdm"]
         assert x["cdm"] == pytest.approx(z["cdm"], abs=0.05)
         for p in cdm.PARTS:
             assert 0.0 <= x[p] <= 1.0
-    other_seed = score.score_rows(model, tok, rows, ScoreConfig(batch_size=4, seed=1, noise=3.0))
+    other_seed = score.score_rows(model, tok, rows, ScoreConfig(cdm=True, batch_size=4, seed=1, noise=3.0))
     assert any(abs(x["basin_resistance"] - o["basin_resistance"]) > 1e-4 for x, o in zip(a, other_seed))
 
 
@@ -45,7 +45,7 @@ def test_no_noise_gives_full_resistance_on_a_model(tiny_model_dir):
     from depthtune.stages import score
 
     tok, model = models.load_tokenizer(str(tiny_model_dir)), models.load_model(str(tiny_model_dir))
-    out = score.score_rows(model, tok, _rows(tok), ScoreConfig(noise=0.0))
+    out = score.score_rows(model, tok, _rows(tok), ScoreConfig(cdm=True, noise=0.0))
     assert all(r["basin_resistance"] == pytest.approx(1.0, abs=1e-4) for r in out)
 
 
@@ -57,7 +57,7 @@ def test_empty_completion_scores_zero(tiny_model_dir):
     tok, model = models.load_tokenizer(str(tiny_model_dir)), models.load_model(str(tiny_model_dir))
     rows = _rows(tok, 2)
     rows[1]["completion_ids"] = []
-    out = score.score_rows(model, tok, rows, ScoreConfig())
+    out = score.score_rows(model, tok, rows, ScoreConfig(cdm=True))
     assert out[1]["cdm"] == 0.0 and out[0]["cdm"] > 0
     assert math.isfinite(out[0]["cdm"])
 
