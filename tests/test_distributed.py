@@ -56,7 +56,10 @@ def same_cache(a: Path, b: Path) -> None:
     assert ca.keys() == cb.keys() and ca
     for sid in ca:
         x, y = ca[sid], cb[sid]
-        assert torch.equal(x.ids, y.ids) and torch.equal(x.logp, y.logp) and torch.equal(x.tails, y.tails)
+        assert torch.equal(x.ids, y.ids) and torch.equal(x.logp, y.logp)
+        # the tail's log-mass is computed from the whole row, where batch composition moves the last bits
+        # of the logits: equal to a few fp16 steps
+        torch.testing.assert_close(x.tails, y.tails, rtol=2e-2, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -150,15 +153,15 @@ def test_blocks_cover_every_unit_once():
 
 
 class Recorder:
-    """A sampler that records which prompts each seed sampled."""
+    """A sampler that records which prompts each chunk sampled, with the seed it was given."""
 
     vocab_size = 10
 
     def __init__(self):
-        self.seen = {}
+        self.seen = []
 
     def sample_chunk(self, items, *, k, seed, **kw):
-        self.seen[seed] = [it["id"] for it in items]
+        self.seen.append((seed, [it["id"] for it in items]))
         rows = [{"sample_id": f"{it['id']}#{j}", "prompt_id": it["id"], "completion_ids": [seed], "gen_seconds": 0.0}
                 for it in items for j in range(k)]
         return rows, 0.0, []
@@ -179,7 +182,7 @@ def test_each_block_samples_its_chunks_with_their_one_process_seeds(tmp_path, mo
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "3")
         sample_shared(together, items, tmp_path / "three" / "samples.partial.jsonl", **kw)
-    assert together.seen == alone.seen and len(alone.seen) == 4  # 7 prompts, 2 per chunk
+    assert sorted(together.seen) == sorted(alone.seen) and len(alone.seen) == 4  # 7 prompts, 2 per chunk
 
 
 def test_rows_of_another_world_size_are_adopted_and_merged(tmp_path, monkeypatch):
