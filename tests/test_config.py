@@ -59,6 +59,16 @@ def test_distill_overrides_are_keys_of_their_sections():
         load_config(None, ["distill.train={rank: x}"])
 
 
+def test_one_distill_override_is_set_by_its_dotted_key():
+    cfg = load_config(None, ["distill.select.selector=random", "distill.generate.k=2"])
+    assert cfg.distill.select == {"selector": "random"} and side(cfg).select.selector == "random"
+    assert side(cfg).generate.k == 2 and cfg.generate.k == 4
+    with pytest.raises(DepthtuneError, match="unknown config key 'distill.select.selektor'"):
+        load_config(None, ["distill.select.selektor=random"])
+    with pytest.raises(DepthtuneError, match="'distill.generate.k' wants an integer"):
+        load_config(None, ["distill.generate.k=many"])
+
+
 @pytest.mark.parametrize("old, new", [("distill.k=3", "distill.generate.k"),
                                       ("distill.learning_rate=0.1", "distill.train.learning_rate")])
 def test_a_key_that_moved_names_its_new_place(old, new):
