@@ -90,6 +90,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(d.temperature > 0, f"distill.temperature must be > 0, got {d.temperature}")
     need(0 <= d.alpha <= 1 and 0 <= d.beta <= 1, "distill.alpha and distill.beta must be in [0, 1]")
     need(d.kind in ("forward_kl", "reverse_kl", "jsd"), f"unknown distill.kind '{d.kind}'; use forward_kl, reverse_kl or jsd")
+    need(d.prune in ("block", "even"), f"unknown distill.prune '{d.prune}'; use block or even")
     need(d.method in ("full", "lora"), f"unknown distill.method '{d.method}'; use full or lora")
     need(d.student_layers is None or d.student_layers >= 1,
          f"pruning to {d.student_layers} layers leaves no layer; keep at least 1 (--student-layers)")

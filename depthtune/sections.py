@@ -158,7 +158,10 @@ class DistillConfig:
     student: str | None = None
     """Student model sharing the teacher's tokenizer; None = the teacher pruned to student_layers."""
     student_layers: int | None = None
-    """Decoder layers a pruned student keeps (first, last, evenly between); None = half the teacher's."""
+    """Decoder layers a pruned student keeps; None = 7 in 8 of the teacher's (26 of 30)."""
+    prune: str = "block"
+    """How a pruned student's layers are chosen: block (drop the contiguous layers that change the hidden
+    state least, measured on the run's prompts; Gromov et al. 2024) or even (first, last, evenly between)."""
     method: str = "full"
     """full or lora: how the student is trained (a pruned student needs full fine-tuning to heal)."""
     kind: str = "forward_kl"

@@ -22,7 +22,7 @@ from ..prompting import prompt_ids
 from ..stages import evaluate
 from ..stages.pipeline import Session, run_stages, step
 from ..stages.train import fit, wrap_lora
-from .students import prune_layers, shared_vocab_size
+from .students import default_layers, prompt_batches, prune_layers, shared_vocab_size
 from .targets import ANSWER, COT_SYSTEM, retokenize, student_rows
 
 
@@ -72,8 +72,12 @@ def build_student(run_dir: Path, cfg: RunConfig, teacher, tok) -> dict:
     if d.student:
         student, s_tok = models.load_model(d.student, cfg.model.dtype, cfg.model.device), models.load_tokenizer(d.student)
     else:
-        keep = teacher.config.num_hidden_layers // 2 if d.student_layers is None else d.student_layers
-        student, s_tok = prune_layers(teacher, keep), tok
+        keep = default_layers(teacher.config.num_hidden_layers) if d.student_layers is None else d.student_layers
+        batches = None
+        if d.prune == "block":
+            items = artifacts.read_jsonl(Path(run_dir) / "prompts" / "train.jsonl")
+            batches = prompt_batches(tok, items, cfg.data.system_prompt, cfg.data.template)
+        student, s_tok = prune_layers(teacher, keep, batches), tok
     plan = getattr(student.config, "pruned_from_layers", None)
     t_params, s_params = models.count_params(teacher), models.count_params(student)
     if s_params >= t_params:

@@ -66,14 +66,20 @@ class Models:
         """A fresh, trainable copy of the untouched student."""
         import copy
 
-        from ..distill.students import prune_layers
+        from ..data import load_prompts
+        from ..distill.students import prompt_batches, prune_layers
 
         teacher, tok = self.get(base)
         if spec == "self":
             return copy.deepcopy(teacher), tok
         if spec.startswith("pruned:"):
             n = spec.split(":", 1)[1]
-            return prune_layers(teacher, teacher.config.num_hidden_layers // 2 if n == "half" else int(n)), tok
+            batches = None
+            if self.cfg.distill.prune == "block":  # measured on the prompts the sweep draws from
+                batches = prompt_batches(tok, load_prompts(self.cfg.data)[0], self.cfg.data.system_prompt,
+                                         self.cfg.data.template)
+            return prune_layers(teacher, teacher.config.num_hidden_layers // 2 if n == "half" else int(n),
+                                batches), tok
         return (models.load_model(spec, self.cfg.model.dtype, self.cfg.model.device), models.load_tokenizer(spec))
 
 

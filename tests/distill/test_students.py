@@ -47,3 +47,27 @@ def test_vocabulary_check(tokenizer_dir, tmp_path):
         shared_vocab_size(tok, other, n, 3)
     with pytest.raises(DepthtuneError, match="fewer output rows"):
         shared_vocab_size(tok, tok, n - 1, n)
+
+
+def test_the_block_plan_drops_the_layers_that_change_the_hidden_state_least(tmp_path, tokenizer_dir):
+    """Two layers of a tiny model made identities (their output projections zeroed, so the residual
+    stream passes through): the block plan drops exactly those, and the pruned model runs."""
+    from helpers import make_tiny_model
+
+    from depthtune import models
+    from depthtune.distill.students import block_plan, prompt_batches
+
+    path = make_tiny_model(tmp_path / "six", tokenizer_dir, layers=6)
+    model, tok = models.load_model(str(path), "float32", "cpu"), models.load_tokenizer(str(path))
+    layers = model.model.layers
+    n = len(layers)
+    assert n >= 4
+    for i in (1, 2):
+        torch.nn.init.zeros_(layers[i].self_attn.o_proj.weight)
+        torch.nn.init.zeros_(layers[i].mlp.down_proj.weight)
+    batches = prompt_batches(tok, [{"prompt": f"What is {a} + {a}?"} for a in range(5)], batch=2)
+    assert block_plan(model, batches, n - 2) == [0] + list(range(3, n))
+    pruned = prune_layers(model, n - 2, batches)
+    assert pruned.config.pruned_from_layers == [0] + list(range(3, n))
+    ids, mask = batches[0]
+    assert pruned(ids, attention_mask=mask).logits.shape[:2] == ids.shape
