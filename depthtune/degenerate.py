@@ -15,6 +15,10 @@ from .checking import normalise
 
 FLAGS = ("repetition", "unfinished", "echo")
 REP_N, REP_SHARE, REP_MIN_TOKENS = 4, 0.5, 12
+LOOP_SHARE = 0.2
+"""A cut-off answer whose 4-grams repeat at least this often is going round in circles ("Each friend gets 1
+cookie ..." again and again, or counting on), so a larger token limit would not let it finish. On the
+default run's held-out answers every finished one stayed at or below 0.23 and most below 0.1."""
 ECHO_SHARE, ECHO_MIN_WORDS = 0.8, 4
 
 
@@ -43,6 +47,11 @@ def prompt_text(row: dict) -> str:
     if row.get("messages"):
         return " ".join(m["content"] for m in row["messages"] if m["role"] == "user")
     return row.get("prompt") or ""
+
+
+def looping(row: dict) -> bool:
+    """A cut-off answer that loops rather than one still on its way to an end."""
+    return not row.get("finished", True) and repeated_share(row["completion_ids"]) >= LOOP_SHARE
 
 
 def flags(row: dict) -> list[str]:

@@ -106,7 +106,8 @@ class SelectConfig:
     selector: str = "auto"
     """How samples are ranked and kept: auto, correct, majority, majority_cdm, cdm, logprob, random, or one
     CDM part alone (depthtune.stages.select lists what each does). auto = correct where references or a
-    verifier judge the samples, majority where nothing does (depthtune.selectors.resolve)."""
+    verifier judge the samples, logprob (the highest mean token log-prob) where nothing does; the label-free
+    ablation in docs/results.md picked it (depthtune.selectors.resolve)."""
     keep: int | None = None
     """Keep exactly this many samples, the best by the selector's score (correct, random: a seeded draw);
     None = the line (threshold or top_share)."""
@@ -143,9 +144,11 @@ class TrainConfig:
     base: str | None = None
     """The model the adapter is trained on; None = model.name (the model that sampled). Rounds in restart
     mode train every round's adapter on the first round's base while the round before's tuned model samples."""
-    padding_free: bool = False
+    padding_free: bool = True
     """Pack each batch into one row with position ids restarting per example (no padding computed); the
-    same loss as padded batches (tests/stages/test_train.py)."""
+    same loss as padded batches (tests/stages/test_train.py), 1.7x the tokens/s and 0.68x the memory of
+    padded batches on the embedded model (bench/bench_packing.py). A model whose attention would let packed
+    examples see each other is checked for at the start and trained padded."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of keeping them: less memory, ~30% slower
     steps (the usual companion of --quantize on a large model)."""
@@ -212,8 +215,10 @@ class EvaluateConfig:
     batch_size: int = 64
     deep_line: float = 75.0
     """A held-out answer with CDM >= deep_line counts as deep (deep_rate)."""
-    cdm: bool = True
-    """Score the held-out answers with CDM (two forward passes each): the report's depth rows."""
+    cdm: bool = False
+    """Score the held-out answers with CDM (two forward passes each): the report's depth rows (mean CDM,
+    deep rate). Off by default: the ablation found CDM no better a guide than correctness or the log-prob
+    (docs/results.md#label-free), and on the default run these passes cost about a minute of the five."""
     seed: int = 0
     lm_eval: list[str] | None = None
     """lm-evaluation-harness tasks run on the base and the tuned model (e.g. [gsm8k, arc_easy], or a

@@ -35,12 +35,13 @@ TABLE = (
 )
 SELECTORS = {s.name: s for s in TABLE}
 AUTO = "auto"
-WITH_LABELS, WITHOUT_LABELS = "correct", "majority"  # what `auto` becomes (docs/results.md: the ablations)
+WITH_LABELS, WITHOUT_LABELS = "correct", "logprob"  # what `auto` becomes (docs/results.md#label-free)
 
 
 def resolve(name: str, labelled: bool, threshold: float | None = None) -> str:
     """The selector that runs: `auto` is rejection sampling where references (or a verifier) judge the
-    samples, self-consistency where nothing does, and the CDM line when a threshold is given (--threshold
+    samples, the mean token log-prob where nothing does (the best of the label-free selectors in the ablation,
+    within noise of self-consistency, and it needs no answer to extract), and the CDM line when a threshold is given (--threshold
     is a CDM line unless a selector says otherwise); any other name is itself."""
     if name != AUTO:
         return name

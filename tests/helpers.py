@@ -26,7 +26,8 @@ def tiny_args(model_dir: Path, run_dir: Path) -> list[str]:
     return ["--run-dir", str(run_dir), "--model", str(model_dir), "--threshold", "0",
             "--set", "generate.max_new_tokens=6", "--set", "evaluate.max_new_tokens=6",
             "--set", "select.require_correct=false", "--set", "select.exclude_degenerate=false",
-            "--set", "select.min_kept=0", "--set", "train.epochs=1", "--set", "train.batch_size=4", "--k", "2"]
+            "--set", "select.min_kept=0", "--set", "train.epochs=1", "--set", "train.batch_size=4", "--k", "2",
+            "--set", "evaluate.cdm=true"]  # the depth rows too, which the default leaves out
 
 
 def assert_self_contained_html(path: Path, min_images: int) -> None:

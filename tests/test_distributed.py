@@ -74,7 +74,7 @@ def two(tiny_model_dir, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("two") / "run"
     out = launch(["run", "--run-dir", str(run_dir), "--model", str(tiny_model_dir), *COMMON, *TWO])
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("Mean CDM") == 1  # only the main process reports
+    assert out.stdout.count("Accuracy  ") == 1  # only the main process reports
     return run_dir
 
 

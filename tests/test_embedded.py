@@ -13,7 +13,7 @@ def test_run_on_the_embedded_model(tmp_path, capsys):
     args = ["run", "--run-dir", str(run_dir), "--max-train-prompts", "3", "--max-eval-prompts", "3", "--k", "2",
             "--threshold", "0", "--epochs", "1", "--set", "generate.max_new_tokens=12",
             "--set", "evaluate.max_new_tokens=12", "--set", "select.require_correct=false",
-            "--set", "select.min_kept=0", "--set", "select.exclude_degenerate=false"]
+            "--set", "select.min_kept=0", "--set", "select.exclude_degenerate=false", "--set", "evaluate.cdm=true"]
     assert main(args) == 0
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["base_params"] == 134_515_008  # SmolLM2-135M, dequantised from the GGUF

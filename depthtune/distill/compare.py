@@ -160,7 +160,7 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
             sampling = dict(temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                             pad_id=tok.pad_token_id)
             kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache, cfg.distill.temperature),
-                          collate_fn=lambda b: kd_collate(b, tok.pad_token_id, train_cfg.padding_free), kd=cfg.distill,
+                          collate_fn=lambda b, packed: kd_collate(b, tok.pad_token_id, packed), kd=cfg.distill,
                           teacher=teacher, remote=remote,
                           sampling=sampling, counts=stats, vocab=s_manifest["shared_vocab"])
     model, seconds, loss = fit(student, tok, rows, train_cfg, stage, log=log, report_to=cfg.report_to,
@@ -198,7 +198,7 @@ def cross_tokenizer_training(rows: list[dict], cfg: RunConfig, student_tok, teac
     examples = cross_examples(rows, student_tok, t_tok, {r["sample_id"]: r["prompt_ids"] for r in rows},
                               {r["sample_id"]: prompt_ids(student_tok, r, sys_prompt, template) for r in rows})
     return dict(trainer_cls=CrossTokenizerTrainer, examples=examples, kd=cfg.distill, teacher=teacher, counts=stats,
-                collate_fn=lambda b: cross_collate(b, student_tok.pad_token_id, t_tok.pad_token_id))
+                collate_fn=lambda b, _packed: cross_collate(b, student_tok.pad_token_id, t_tok.pad_token_id))
 
 
 def run_compare(run_dir: Path, cfg: RunConfig, log=print) -> dict:

@@ -84,7 +84,7 @@ def train(cell_dir: Path, cp, rows: list[dict], folder: Path, mdl, log):
         cache = soft_cache(cp, folder)
         check_matches(cache, rows)
         kwargs.update(trainer_cls=DistillTrainer, examples=kd_examples(rows, tok.eos_token_id, cache, cfg.distill.temperature),
-                      collate_fn=lambda b: kd_collate(b, tok.pad_token_id, tcfg.padding_free), kd=cfg.distill,
+                      collate_fn=lambda b, packed: kd_collate(b, tok.pad_token_id, packed), kd=cfg.distill,
                       vocab=vocab)
         if cfg.distill.on_policy > 0:  # the teacher scores the student's own samples live (on its plain prompt)
             g = cfg.generate

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .. import artifacts, htmlpage, stats
 from ..cdm import PARTS
+from ..degenerate import looping
 from ..reporting import (
     PERCENT,
     ROWS,
@@ -76,8 +77,11 @@ def ranking_power(scored: list[dict]) -> dict:
 
 
 def token_limit(rows: list[dict], limit: int) -> dict:
+    """Answers cut off at the limit; `looping` of them go round in circles, which no larger limit ends."""
     hit = sum(1 for r in rows if not r.get("finished", True))
-    return {"hit": hit, "total": len(rows), "share": round(hit / max(1, len(rows)), 4), "max_new_tokens": limit}
+    loops = sum(1 for r in rows if looping(r))
+    return {"hit": hit, "total": len(rows), "share": round(hit / max(1, len(rows)), 4), "max_new_tokens": limit,
+            "looping": loops, "still_going_share": round((hit - loops) / max(1, len(rows)), 4)}
 
 
 def template_used(cfg: dict, gen: dict) -> str:
@@ -204,10 +208,15 @@ def warnings(m: dict) -> list[str]:
                                                                               "evaluate"),
                              ("tuned", "held-out tuned answers", "evaluate")):
         t = tl[which]
-        if t["total"] and t["share"] >= 0.1:
+        going = t.get("still_going_share", t["share"])  # a metrics.json written before loops were told apart
+        if t["total"] and going >= 0.1:
             out.append(f"- **Cut-off answers**: {t['hit']} of {t['total']} {what} ({t['share']:.0%}) hit the "
-                       f"{t['max_new_tokens']}-token limit and were judged unfinished; raise "
-                       f"`--set {key}.max_new_tokens=...`.")
+                       f"{t['max_new_tokens']}-token limit and were judged unfinished, {t['hit'] - t.get('looping', 0)} "
+                       f"of them not looping; raise `--set {key}.max_new_tokens=...`.")
+        elif t["total"] and t["share"] >= 0.1:
+            out.append(f"- Cut-off answers: {t['hit']} of {t['total']} {what} ({t['share']:.0%}) hit the "
+                       f"{t['max_new_tokens']}-token limit, {t['looping']} of them looping (repeating their own "
+                       f"phrases), which a larger limit would not end; judged unfinished.")
     dg = m.get("degenerate") or {}
     if dg.get("any"):
         out.append(f"- Degenerate samples: {dg['any']} of {s['total']} (repetition {dg['repetition']}, unfinished "

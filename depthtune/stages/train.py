@@ -47,6 +47,27 @@ def batcher(pad_id: int, padding_free: bool):
     return packed if padding_free else (lambda b: collate(b, pad_id))
 
 
+def packing_works(model, examples: list[dict], n: int = 12) -> bool:
+    """Whether this model keeps packed examples apart: the first two examples' first n tokens, packed into
+    one row with restarting position ids, give the logits each gives alone. Attention that builds its mask
+    from position ids (flash attention, transformers' sdpa and eager masks for most models) passes; one that
+    would let an example see the one before it fails, and training then pads instead of training wrong."""
+    if len(examples) < 2 or "input_ids" not in examples[0]:
+        return True
+    a, b = (torch.tensor(e["input_ids"][:n]) for e in examples[:2])
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            dev = next(model.parameters()).device
+            alone = model(b[None].to(dev), use_cache=False).logits[0].float()
+            packed = model(torch.cat([a, b])[None].to(dev), use_cache=False, position_ids=torch.cat(  # as fit runs it
+                [torch.arange(len(a)), torch.arange(len(b))])[None].to(dev)).logits[0, len(a):].float()
+    finally:
+        model.train(was)
+    return bool(torch.allclose(packed, alone, atol=1e-3 * max(1.0, alone.abs().max().item()), rtol=1e-3))
+
+
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch: input_ids/attention_mask/labels [B, T]; padding is masked in labels."""
     width = max(len(e["input_ids"]) for e in examples)
@@ -120,7 +141,8 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
     """Train `model` (already LoRA-wrapped or not) on rows; checkpoints in out_dir/checkpoints.
 
     trainer_cls / examples / collate_fn / trainer_kwargs let distillation swap the loss
-    (depthtune.distill) while keeping this loop, its checkpoints and resume. sequential keeps
+    (depthtune.distill) while keeping this loop, its checkpoints and resume; collate_fn(batch, packed) is told
+    whether to pack (cfg.padding_free, unless packing_works says this model cannot). sequential keeps
     the rows' order in every epoch (a curriculum) instead of shuffling. report_to goes to the
     Trainer as is (none, tensorboard, mlflow, trackio, wandb or a list), with run_name; TensorBoard
     event files go to log_dir (default out_dir/logs), which outlives the checkpoints.
@@ -172,8 +194,12 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
 
     if examples is None:
         examples = [build_example(r, tok.eos_token_id) for r in rows]  # a list is a map-style dataset
+    padding_free = cfg.padding_free
+    if padding_free and not packing_works(model, examples):
+        log("  train.padding_free: this model's attention lets packed examples see each other; padding instead")
+        padding_free = False
     trainer = (trainer_cls or Trainer)(model=model, args=args, train_dataset=examples,
-                                       data_collator=collate_fn or batcher(tok.pad_token_id, cfg.padding_free),
+                                       data_collator=(lambda b: collate_fn(b, padding_free)) if collate_fn else batcher(tok.pad_token_id, padding_free),
                                        callbacks=[Steps()], **trainer_kwargs)
     trainer.remove_callback(PrinterCallback)  # Steps shows the progress we want
     tracking.redirect_tensorboard(trainer, report_to, log_dir or out_dir / "logs")

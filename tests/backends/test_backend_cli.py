@@ -62,7 +62,7 @@ def test_run_end_to_end_on_a_served_model(server, tmp_path, capsys):
     scored = artifacts.read_jsonl(run_dir / "score" / "scored.jsonl")
     assert len(scored) == 8 and all(s["completion_ids"] for s in scored)
     assert json.loads((run_dir / "metrics.json").read_text())["selection"]["total"] == 8
-    assert "Mean CDM" in capsys.readouterr().out
+    assert "Accuracy" in capsys.readouterr().out
 
 
 def test_run_with_a_managed_llama_server(tmp_path, capsys):

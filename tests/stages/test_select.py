@@ -177,10 +177,10 @@ def test_a_verifier_decides_correctness(tmp_path, monkeypatch):
     sys.modules.pop("my_checks", None)
 
 
-def test_auto_is_rejection_sampling_with_labels_self_consistency_without_and_cdm_with_a_line():
+def test_auto_is_rejection_sampling_with_labels_logprob_without_and_cdm_with_a_line():
     from depthtune.selectors import resolve
 
-    assert resolve("auto", labelled=True) == "correct" and resolve("auto", labelled=False) == "majority"
+    assert resolve("auto", labelled=True) == "correct" and resolve("auto", labelled=False) == "logprob"
     assert resolve("auto", labelled=True, threshold=70) == "cdm" and resolve("logprob", labelled=False) == "logprob"
     rows = vote_rows()  # no references
     kept, _, line = select(rows, SelectConfig(min_kept=0))

@@ -181,3 +181,21 @@ def test_training_padding_free_makes_the_padded_run_s_adapter(tmp_path, tiny_mod
     assert adapters[0].keys() == adapters[1].keys()
     for name in adapters[0]:
         assert torch.allclose(adapters[0][name], adapters[1][name], rtol=1e-3, atol=1e-5), name
+
+
+def test_packing_is_checked_on_the_model_before_training_on_it(tiny_model_dir):
+    """A model that keeps packed examples apart passes; one made to ignore position ids (so the second
+    example attends to the first as one long text) fails, and training would pad instead."""
+    from depthtune import models
+    from depthtune.stages.train import packing_works
+
+    model = models.load_model(str(tiny_model_dir), "float32", "cpu")
+    examples = [{"input_ids": list(range(5, 17))}, {"input_ids": list(range(20, 32))}]
+    assert packing_works(model, examples)
+    real = model.forward
+
+    def one_long_text(input_ids=None, position_ids=None, **kw):  # what attention without a packed mask does
+        return real(input_ids=input_ids, **kw)
+
+    model.forward = one_long_text
+    assert not packing_works(model, examples)
