@@ -68,12 +68,14 @@ def main() -> None:
         tokens, floor = floors.get(name, (0, 0.0))
         ratio = f"{secs / floor:.1f}x" if floor > 0.5 else "-"
         print(f"| {name} | {secs:.0f} | {tokens:,} | {floor:.0f} | {ratio} |")
-    print(f"| total | {total:.0f} | | {sum(f for _, f in floors.values()):.0f} | |")
+    floor_sum = sum(v[1] for k, v in floors.items() if not k.startswith("_"))
+    print(f"| total | {total:.0f} | | {floor_sum:.0f} | {total / floor_sum:.1f}x |")
     print(f"floors from {floors['_rates']}")
     print(f"generate: {gen['samples']} samples, {gen['completion_tokens']} tokens, "
           f"{gen['completion_tokens'] / gen['seconds']:.1f} tok/s (generation only)")
-    print(f"score: {len(scored)} samples, {scored_tokens} tokens x 2 passes, "
-          f"{len(scored) / timings['score']:.2f} samples/s, {2 * scored_tokens / timings['score']:.0f} tok/s")
+    if any(r.get("cdm") is not None for r in scored):  # without CDM the score stage runs no forward pass
+        print(f"score: {len(scored)} samples, {scored_tokens} tokens x 2 passes, "
+              f"{len(scored) / timings['score']:.2f} samples/s, {2 * scored_tokens / timings['score']:.0f} tok/s")
     print(f"train: {train['examples']} examples, ~{train_tokens:.0f} tokens, {train['train_seconds']:.1f} s, "
           f"{train_tokens / train['train_seconds']:.0f} tok/s")
     print_table(metrics)
@@ -114,7 +116,10 @@ def stage_floors(run_dir: Path, cfg) -> dict:
     fwd, both = throughput(models.from_config(cfg.model.name, cfg.model))
     out = {"_rates": f"forward {fwd:.0f} tok/s, forward + backward {both:.0f} tok/s "
                      f"(batches of 16 x 96 tokens, measured after the run)"}
-    sampled = tokens(artifacts.read_jsonl(run_dir / "generate" / "samples.jsonl"))
+    samples = artifacts.read_jsonl(run_dir / "generate" / "samples.jsonl")
+    # a prompt is prefilled once for its k samples, then each sample's answer is decoded
+    sampled = sum(len(r["completion_ids"]) for r in samples) + sum(
+        {r["prompt_id"]: len(r["prompt_ids"]) for r in samples}.values())
     out["generate"] = (sampled, sampled / fwd)
     scored = artifacts.read_jsonl(run_dir / "score" / "scored.jsonl")
     passes = 2 if any(r.get("cdm") is not None for r in scored) else 0  # no CDM: the sampler's log-probs

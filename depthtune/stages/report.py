@@ -176,19 +176,30 @@ def verdicts(m: dict) -> list[str]:
 
 def ranking_lines(m: dict) -> list[str]:
     au = m["auroc"]
-    if "cdm" not in au:
-        return ["- CDM vs correctness: not measurable here (no reference answers, or all samples right or all wrong)."]
+    if not au:
+        return ["- Ranking correct above wrong samples: not measurable here (no reference answers, or all samples "
+                "right or all wrong)."]
+
     def within(sig):
         w = au[sig]["within_prompt"]
         if w["value"] is None:
             return "n/a (no prompt had both a right and a wrong sample)"
         ci = f" (95% interval {w['ci95'][0]:.2f}-{w['ci95'][1]:.2f})" if w["ci95"] else ""
         return f"{w['value']:.2f}{ci} over {w['pairs']} pairs in {w['prompts']} prompts"
-    lines = [f"- Ranking correct above wrong samples (AUROC, 0.5 = chance): CDM {au['cdm']['pooled']:.2f} pooled over "
-             f"{m['cdm_auroc_samples']} samples, {within('cdm')} within prompt."]
-    if "mean_logprob" in au:
-        lines.append(f"- The mean token log-prob, a trivial baseline that needs no extra pass: "
-                     f"{au['mean_logprob']['pooled']:.2f} pooled, {within('mean_logprob')} within prompt.")
+
+    lines = []
+    if "cdm" in au:
+        lines.append(f"- Ranking correct above wrong samples (AUROC, 0.5 = chance): CDM {au['cdm']['pooled']:.2f} "
+                     f"pooled over {m['cdm_auroc_samples']} samples, {within('cdm')} within prompt.")
+    else:
+        lines.append("- CDM was not computed: the selector does not rank by it (`--set score.cdm=true` computes it "
+                     "and its ranking power).")
+    names = {"mean_logprob": "The mean token log-prob (no extra pass)", "agreement": "Agreement with the "
+             "prompt's majority answer (self-consistency)"}
+    for sig, name in names.items():
+        if sig in au:
+            lines.append(f"- {name}, ranking correct above wrong samples (AUROC, 0.5 = chance): "
+                         f"{au[sig]['pooled']:.2f} pooled, {within(sig)} within prompt.")
     parts = [f"{p.replace('_', ' ')} {au[p]['within_prompt']['value']:.2f}" for p in PARTS
              if p in au and au[p]["within_prompt"]["value"] is not None]
     if parts:
