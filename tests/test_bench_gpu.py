@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a benchmark's process
 def test_bench_gpu_runs_tiny_on_cpu(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--tiny", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=600, check=False)

@@ -15,6 +15,8 @@ from helpers import tiny_args
 
 from depthtune import artifacts
 
+pytestmark = pytest.mark.slow  # every case through the CLI in a real process
+
 FAST = ["--max-train-prompts", "6", "--max-eval-prompts", "3"]
 
 

@@ -13,6 +13,8 @@ from depthtune.config import RunConfig
 from depthtune.errors import DepthtuneError
 from depthtune.stages.benchmark import changes, require, scores, task_spec
 
+pytestmark = pytest.mark.slow  # lm-evaluation-harness on a run
+
 TASK = Path(__file__).resolve().parents[1] / "data" / "lm_eval" / "arith.yaml"
 FAST = ["--max-train-prompts", "6", "--max-eval-prompts", "3"]
 

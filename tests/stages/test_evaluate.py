@@ -22,12 +22,12 @@ def cfg(**evaluate_kw) -> RunConfig:
 
 def test_the_summary_and_a_finished_evaluation_reused(tiny_model_dir, tmp_path):
     model, tok = models.load_model(str(tiny_model_dir)), models.load_tokenizer(str(tiny_model_dir))
-    s = evaluate.evaluate_model(tmp_path, cfg(), "base", model, tok, items=held(), log=lambda *a: None)
+    s = evaluate.evaluate_model(tmp_path, cfg(cdm=True), "base", model, tok, items=held(), log=lambda *a: None)
     assert s["samples"] == 10 and s["accuracy"] == 0.0 and 0 <= s["mean_cdm"] <= 100 and s["params"] > 0
     assert s["peak_memory_mb"] > 0 and s["mean_completion_tokens"] <= 5
     rows = artifacts.read_jsonl(tmp_path / "evaluate" / "base.jsonl")
     assert [r["prompt_id"] for r in rows] == [f"h{i}" for i in range(10)] and all("cdm" in r for r in rows)
-    assert evaluate.evaluate_model(tmp_path, cfg(), "base", None, None, items=held()) == s  # read, not redone
+    assert evaluate.evaluate_model(tmp_path, cfg(cdm=True), "base", None, None, items=held()) == s  # read, not redone
 
 
 def test_without_cdm_the_answers_are_judged_only(tiny_model_dir, tmp_path):

@@ -182,6 +182,7 @@ def test_auto_is_rejection_sampling_with_labels_logprob_without_and_cdm_with_a_l
 
     assert resolve("auto", labelled=True) == "correct" and resolve("auto", labelled=False) == "logprob"
     assert resolve("auto", labelled=True, threshold=70) == "cdm" and resolve("logprob", labelled=False) == "logprob"
-    rows = vote_rows()  # no references
+    rows = [row(p, j, 50.0, correct=None, text=f"{p} {j}", mean_logprob=-0.1 * j - (p == "b")) for p in "ab"
+            for j in range(4)]  # no references: the top half by mean log-prob
     kept, _, line = select(rows, SelectConfig(min_kept=0))
-    assert [r["sample_id"] for r in kept] == ["a#0", "a#1", "a#2"] and "majority answer" in line
+    assert [r["sample_id"] for r in kept] == ["a#0", "a#1", "a#2", "a#3"] and "log-prob" in line, line
