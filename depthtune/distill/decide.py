@@ -97,8 +97,14 @@ def decide(m: dict, scores: dict[str, list[float]]) -> list[str]:
     if priority == "accuracy":
         best = max(("teacher", *students), key=lambda k: acc[k])
         pick = next((k for k in students if as_accurate(k, best)), "teacher")
-        reason = (f"no student is shown as accurate as the {LABELS[best]} ({within})" if pick == "teacher" else
-                  f"it is as accurate as the {LABELS[best]} ({within}) and answers faster than the teacher")
+        if pick == "teacher":
+            reason = f"no student is shown as accurate as the {LABELS[best]} ({within})"
+        else:
+            reason = ("it is the most accurate of the four" if pick == best else
+                      f"it is as accurate as the {LABELS[best]} ({within})")
+            faster = mods[pick]["ms_per_answer"] < mods["teacher"]["ms_per_answer"]
+            reason += (", has fewer parameters than the teacher, and answered faster than it here" if faster else
+                       ", has fewer parameters than the teacher, though it answered no faster than it here")
     elif priority == "latency":
         best = max(students, key=lambda k: acc[k])
         pick = next(k for k in students if as_accurate(k, best))
