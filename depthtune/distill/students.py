@@ -44,6 +44,8 @@ def block_plan(model, batches: list[tuple[torch.Tensor, torch.Tensor]], keep: in
     layer_plan(n_layers, keep)  # the same refusals
     drop = n_layers - keep
     # the first and last layers stay, as in the even plan: the block starts at 1 and ends before the last
+    if n_layers - drop < 3:  # no interior block to drop (a 2-layer teacher, or keep < 3): the even plan
+        return layer_plan(n_layers, keep)
     dist = torch.zeros(n_layers - drop)
     with torch.no_grad():
         for ids, mask in batches:

@@ -86,7 +86,7 @@ def evaluate_model(run_dir: Path, cfg: RunConfig, which: str, model, tok, log=pr
         return artifacts.read_json(summary_path)
     artifacts.write_jsonl(stage_dir / f"{which}.jsonl", scored)
     summary = summarise(scored, secs, mem.mb, e.deep_line)
-    summary["params"] = count_params(model)
+    summary["params"] = count_params(model) if model is not None else None  # a served model alone: unknown here
     artifacts.write_json(summary_path, summary)
     for suffix in ("samples", "scored"):
         (stage_dir / f"{which}.{suffix}.partial.jsonl").unlink(missing_ok=True)

@@ -71,3 +71,16 @@ def test_the_block_plan_drops_the_layers_that_change_the_hidden_state_least(tmp_
     assert pruned.config.pruned_from_layers == [0] + list(range(3, n))
     ids, mask = batches[0]
     assert pruned(ids, attention_mask=mask).logits.shape[:2] == ids.shape
+
+
+def test_the_block_plan_falls_back_to_the_even_plan_when_no_interior_block_exists(tmp_path, tokenizer_dir):
+    from helpers import make_tiny_model
+
+    from depthtune import models
+    from depthtune.distill.students import block_plan, layer_plan, prompt_batches
+
+    path = make_tiny_model(tmp_path / "two", tokenizer_dir, layers=2)
+    model, tok = models.load_model(str(path), "float32", "cpu"), models.load_tokenizer(str(path))
+    batches = prompt_batches(tok, [{"prompt": "What is 2 + 2?"}])
+    assert block_plan(model, batches, 1) == layer_plan(2, 1) == [0]
+    assert prune_layers(model, 1, batches).config.num_hidden_layers == 1
