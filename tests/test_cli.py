@@ -36,6 +36,7 @@ def test_run_end_to_end_writes_report_metrics_and_loadable_model(tiny_model_dir,
     assert "[generate] already finished" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # one of the longest: a whole run or sweep through the CLI
 def test_stage_commands_one_by_one_on_a_user_file(tiny_model_dir, tmp_path, prompt_file, capsys):
     run_dir = tmp_path / "run"
     first = ["generate"] + tiny_args(tiny_model_dir, run_dir) + ["--data", str(prompt_file), "--prompt-field",
@@ -89,6 +90,7 @@ def test_a_selection_too_small_to_learn_from_refuses_and_names_the_fix(tiny_mode
     assert not (run_dir / "train").exists()
 
 
+@pytest.mark.slow  # one of the longest: a whole run or sweep through the CLI
 def test_interrupted_generation_resumes_without_losing_or_repeating_samples(tiny_model_dir, tmp_path, monkeypatch):
     args = tiny_args(tiny_model_dir, tmp_path / "whole") + FAST + ["--set", "generate.batch_size=1"]
     assert main(["generate"] + args) == 0

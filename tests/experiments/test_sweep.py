@@ -31,6 +31,7 @@ def sweep(path, out, capsys):
     return code, capsys.readouterr().out
 
 
+@pytest.mark.slow  # one of the longest: a whole run or sweep through the CLI
 def test_sweep_shares_teacher_work_and_reports_per_category(teacher_dir, tmp_path, capsys):
     axes = [{"method": ["full", {"lora": {"rank": [4]}}, "prompt"], "size": [3, 6], "student": ["self"]},
             {"teachers": ["a", ["a", "b"]], "size": [3], "student": ["pruned:2"]},
