@@ -62,8 +62,8 @@ class GenerateConfig:
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 128
-    """Token limit of an answer. 128: the embedded model's sampled answers to the built-in suites end by
-    themselves at a median of 24 tokens and 94% of them within 128 (docs/results.md)."""
+    """Token limit of an answer. 128: in the default run 36 of the embedded model's 384 samples (9%) reached
+    it (docs/results.md#the-default-run); cut-off samples are left out of selection."""
     batch_size: int = 64
     """Sequences decoding together in this process (continuous batching: a finished answer's place goes to
     the next); a chunk of 4 x batch_size sequences is the unit a resumed run starts again from."""
@@ -234,7 +234,7 @@ class BackendConfig:
     scored and trained in), openai (any OpenAI-compatible server: vLLM, SGLang, llama.cpp, TGI, hosted
     APIs) or llama-server (llama.cpp's server on the model's GGUF, started and stopped by depthtune). On
     2 CPU cores the in-process batcher samples the embedded model about as fast as llama-server (127 vs
-    135 tok/s; 1.3x with top-20 log-probs, docs/results.md), from the fp32 weights the run scores and
+    135 tok/s, docs/results.md#samplers), from the fp32 weights the run scores and
     trains rather than Q4_1 ones, and on every machine alike; the generate manifest records which ran.
     Evaluation stays in this process for the base and the tuned model alike unless `evaluate` is set, so
     before and after are measured the same way."""
