@@ -180,6 +180,8 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
                                         "online, across tokenizers (ULD)" if s_manifest.get("cross_tokenizer")
                                         else f"served ({remote.url}), on-policy by its log-probs" if remote
                                         else "online" if cfg.distill.online
+                                        else "cached top-k; on-policy batches by the teacher in memory"
+                                        if cfg.distill.alpha > 0 and cfg.distill.on_policy > 0
                                         else "cached top-k" if cfg.distill.alpha > 0 else "sequence-level only",
                                         aligned_positions=stats.get("aligned"), target_tokens=stats.get("targets"),
                                         teacher_positions=stats.get("teacher_positions"),

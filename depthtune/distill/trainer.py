@@ -144,6 +144,8 @@ class DistillTrainer(Trainer):
             with torch.no_grad():
                 t_hidden = t_backbone(**layout(inputs, self.teacher.device), use_cache=False).last_hidden_state
             t_h = t_hidden[:, :-1][valid.to(t_hidden.device)].to(h.device)
+            if on_policy:  # teacher work on the student's own tokens, counted as a served teacher's is
+                self.counts["teacher_positions"] += int(valid.sum())
             loss = chunked_kd_loss(h, head.weight[:self.vocab], y, teacher_hidden=t_h,
                                    teacher_weight=t_head.weight[:self.vocab].to(h.device),
                                    teacher_cap=getattr(self.teacher.config, "final_logit_softcapping", None), **opts)

@@ -49,7 +49,9 @@ def test_compare_with_on_policy_batches(tmp_path, tokenizer_dir):
     assert main(args) == 0
     m = artifacts.read_json(run_dir / "distilled" / "manifest.json")
     assert m["on_policy"] == 1.0 and m["batches"] > 0 and m["on_policy_batches"] == m["batches"]
-    assert m["teacher"] == "cached top-k"  # teacher-written batches would read the cache; here all went on-policy
+    # teacher-written batches would read the cache; here all went on-policy, scored by the teacher in memory
+    assert m["teacher"] == "cached top-k; on-policy batches by the teacher in memory"
+    assert m["teacher_positions"] > 0 and m["teacher_misses"] == 0
 
 
 def test_sweep_cells_can_distil_on_policy(tmp_path, tokenizer_dir):
