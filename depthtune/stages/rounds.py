@@ -19,7 +19,7 @@ import copy
 import shutil
 from pathlib import Path
 
-from .. import artifacts, htmlpage
+from .. import artifacts, htmlpage, models
 from ..config import RunConfig
 from ..reporting import change, describe, paired_metric
 from .pipeline import run_all
@@ -33,7 +33,9 @@ def round_config(cfg: RunConfig, run_dir: Path, r: int) -> RunConfig:
     if r > 1:
         previous = str(run_dir / f"round-{r - 1}" / "merge" / "model")
         out.model.name = previous
-        out.train.base = cfg.model.name if cfg.rounds.mode == "restart" else previous
+        # restart names the first base outright: the embedded model's name is None, which would mean "the
+        # model that samples", i.e. continue
+        out.train.base = (cfg.model.name or models.EMBEDDED_NAME) if cfg.rounds.mode == "restart" else previous
         out.generate.seed = cfg.generate.seed + r - 1  # fresh draws from the new model
     return out
 
@@ -87,8 +89,11 @@ def render(s: dict) -> str:
            "wrote (ReST-EM)" if s["mode"] == "restart" else
            "every round trains on the model the round before tuned (iterated fine-tuning)")
     stop = [f"Stopped after round {s['done']} of {s['asked']}: {s['stopped_early']}.", ""] if s["stopped_early"] else []
-    return "\n".join(["# depthtune rounds", "", f"Mode {s['mode']}: {how}. Held-out accuracy, paired over the same "
-                      f"prompts; each round's own report is in round-R/report.md.", "", *rows, "", *stop])
+    labels = ("Selection used the reference answers." if all(r["labelled"] for r in s["rounds"]) else
+              "Selection used no labels: the references judged the held-out answers only."
+              if not any(r["labelled"] for r in s["rounds"]) else "Some rounds' selection used the reference answers.")
+    return "\n".join(["# depthtune rounds", "", f"Mode {s['mode']}: {how}. {labels} Held-out accuracy, paired over "
+                      f"the same prompts; each round's own report is in round-R/report.md.", "", *rows, "", *stop])
 
 
 def run_rounds(run_dir: Path, cfg: RunConfig, log=print, redo: bool = False) -> dict | None:

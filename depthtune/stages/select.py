@@ -48,8 +48,9 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def resolved(cfg: SelectConfig, rows: list[dict]) -> SelectConfig:
-    """cfg with `auto` replaced by the selector that runs on these rows (depthtune.selectors.resolve)."""
-    labelled = any(r.get("correct") is not None for r in rows)
+    """cfg with `auto` replaced by the selector that runs on these rows (depthtune.selectors.resolve); with
+    select.require_correct off, the references judge nothing here, so `auto` is the label-free selector."""
+    labelled = cfg.require_correct and any(r.get("correct") is not None for r in rows)
     return dataclasses.replace(cfg, selector=resolve(cfg.selector, labelled, cfg.threshold))
 
 
