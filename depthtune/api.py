@@ -178,13 +178,13 @@ class AblateResult:
 
 
 def ablate(config=None, run_dir: str | Path = "runs/ablate", *, executor: str = "local", address: str | None = None,
-           log=print) -> AblateResult | None:
+           redo: bool = False, log=print) -> AblateResult | None:
     """`depthtune ablate`: one adapter per selector and seed on equal-sized selections; -> AblateResult."""
     from .experiments.ablate import run_ablate
 
     cfg, run_dir = as_config(config), Path(run_dir)
     with _locked(run_dir, log=log):
-        m = run_ablate(run_dir, cfg, log=log, executor=executor, address=address)
+        m = run_ablate(run_dir, cfg, log=log, executor=executor, address=address, redo=redo)
     return None if m is None else AblateResult(run_dir, m)
 
 

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--api-key-env", help="environment variable that holds the server's API key")
         p.add_argument("--report-to", help="tracker for training and stage metrics: tensorboard, mlflow, trackio, wandb")
         p.add_argument("--redo", action="store_true", help="run again what is finished: this stage (stage "
-                       "commands), or the stages whose settings changed (run)")
+                       "commands), or the stages whose settings changed (run, ablate)")
         if name != "compare":  # compare names its models and CDM line with --teacher, --student and distill.*
             p.add_argument("--model", help="HF model id, model directory or .gguf file (default: embedded SmolLM2)")
             p.add_argument("--k", type=int, help="samples per training prompt")
@@ -236,7 +236,7 @@ def command(args) -> int:
                 print(line)
             print(f"\nreport: {m.report}")
     elif args.command == "ablate":
-        m = api.ablate(cfg, run_dir, executor=args.executor, address=args.address)
+        m = api.ablate(cfg, run_dir, executor=args.executor, address=args.address, redo=args.redo)
         if m is not None:
             print("\n" + "\n".join(f"- {f}" for f in m.findings))
             print(f"\nreport: {run_dir / 'ablate' / 'report.md'} and {run_dir / 'ablate' / 'report.html'}")

@@ -235,14 +235,20 @@ def plot(folder: Path, m: dict) -> None:
                   baseline=100 * m["untrained"]["accuracy"]["mean"])
 
 
-def run_ablate(run_dir: Path, cfg: RunConfig, log=print, executor: str = "local", address: str | None = None) -> dict:
+def run_ablate(run_dir: Path, cfg: RunConfig, log=print, executor: str = "local", address: str | None = None,
+               redo: bool = False) -> dict:
+    """The run stages up to select (stale ones refused, or redone with redo), then every (selector, seed) cell
+    not finished yet, then the report."""
     run_dir = Path(run_dir)
     bad = [s for s in selectors_of(cfg) if s not in SELECTORS]
     if bad:
         raise DepthtuneError(f"unknown selectors {bad}")
+    if cfg.score.cdm is None and any(SELECTORS[s].cdm for s in selectors_of(cfg)):
+        cfg = copy.deepcopy(cfg)
+        cfg.score.cdm = True  # the selectors compared rank by CDM, whatever the run's own selector needs
     session = pipeline.Session(cfg, log)
     try:
-        pipeline.run_stages(run_dir, cfg, session, before("select"))
+        pipeline.run_stages(run_dir, cfg, session, before("select"), redo=redo)
         rows = artifacts.read_jsonl(run_dir / "score" / "scored.jsonl")
         k = selection_size(rows, cfg)
         cells = [(sel, seed) for sel in selectors_of(cfg) for seed in cfg.ablate.seeds]

@@ -306,7 +306,8 @@ def needs_cdm(run_dir: Path, cfg: RunConfig) -> bool:
     if cfg.distill.curriculum == "cdm":
         return True
     prompts = artifacts.read_json(Path(run_dir) / "prompts" / "manifest.json")
-    labelled = bool(prompts.get("with_answers")) or load_checker(cfg.data.checker) is not None
+    labelled = cfg.select.require_correct and (bool(prompts.get("with_answers")) or
+                                               load_checker(cfg.data.checker) is not None)
     return SELECTORS[resolve(cfg.select.selector, labelled, cfg.select.threshold)].cdm
 
 

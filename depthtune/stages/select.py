@@ -121,6 +121,9 @@ def select(rows: list[dict], cfg: SelectConfig) -> tuple[list[dict], dict, str]:
     """-> (kept rows in their original order, yield per prompt {prompt_id: [kept, total]}, the line used in
     words)."""
     cfg = resolved(cfg, rows)
+    if SELECTORS[cfg.selector].cdm and any(r.get("cdm") is None for r in rows if r["completion_ids"]):
+        raise DepthtuneError(f"--selector {cfg.selector} ranks by CDM, which the score stage did not compute "
+                             f"(score.cdm is off); rerun `depthtune score --redo --set score.cdm=true`")
     ranked = pool(rows, cfg)
     what = describe_pool(cfg, uses_labels(cfg, rows))
     by = {"cdm": "CDM", "logprob": "mean log-prob", "majority_cdm": "CDM"}.get(cfg.selector, cfg.selector)
@@ -201,9 +204,6 @@ def run(run_dir: Path, cfg: RunConfig, log=print) -> dict:
     if s.selector == "correct" and not any(r.get("correct") is not None for r in rows):
         raise DepthtuneError("--selector correct keeps the correct samples, and these prompts have no reference "
                              "answers; select without labels: --selector majority (self-consistency), cdm or logprob")
-    if SELECTORS[s.selector].cdm and any(r.get("cdm") is None for r in rows if r["completion_ids"]):
-        raise DepthtuneError(f"--selector {s.selector} ranks by CDM, which the score stage did not compute "
-                             f"(score.cdm is off); rerun `depthtune score --redo --set score.cdm=true`")
     kept, yields, line = select(rows, s)
     if not kept or len(kept) < s.min_kept:
         raise DepthtuneError(explain_small(rows, s, len(kept)))

@@ -48,8 +48,12 @@ def test_label_free_ablation_selects_without_references(tiny_model_dir, tmp_path
                                                  "--set", "ablate.selectors=[cdm,logprob,random]", "--set",
                                                  "ablate.seeds=[0]", "--set", "ablate.keep=4"]
     args[args.index("select.require_correct=false")] = "select.require_correct=true"  # the run's own setting
+    del args[args.index("--threshold"):args.index("--threshold") + 2]  # the run's own selector: correct, no CDM
     assert main(["ablate"] + args) == 0
     m = json.loads((run_dir / "ablate" / "ablate.json").read_text())
+    # the cdm cell ranked by CDM, which the score stage computed for it though the run's selector needs none
+    cdm_kept = artifacts.read_jsonl(run_dir / "ablate" / "cdm-seed0" / "select" / "selected.jsonl")
+    assert len(cdm_kept) == 4 and all(r["cdm"] is not None for r in cdm_kept)
     assert m["label_free"] and not any(e["labels"] for e in m["selectors"].values())
     assert m["reference"] == "cdm"  # majority was not among the selectors compared
     assert "Label-free: every selector but `correct` chose its samples without reference answers" in \

@@ -186,3 +186,14 @@ def test_auto_is_rejection_sampling_with_labels_logprob_without_and_cdm_with_a_l
             for j in range(4)]  # no references: the top half by mean log-prob
     kept, _, line = select(rows, SelectConfig(min_kept=0))
     assert [r["sample_id"] for r in kept] == ["a#0", "a#1", "a#2", "a#3"] and "log-prob" in line, line
+
+
+def test_a_cdm_selector_refuses_samples_scored_without_cdm():
+    """Ranking by a CDM that was never computed would keep samples in file order: refused in one line."""
+    from depthtune.errors import DepthtuneError
+
+    rows = [row(p, j, None, correct=None, text=f"{p} {j}") for p in "ab" for j in range(4)]
+    for selector in ("cdm", "majority_cdm"):
+        with pytest.raises(DepthtuneError, match=f"--selector {selector} ranks by CDM, which the score stage did not"):
+            select(rows, SelectConfig(selector=selector, require_correct=False, keep=2))
+    assert len(select(rows, SelectConfig(selector="logprob", require_correct=False, keep=2))[0]) == 2
