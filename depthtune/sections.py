@@ -106,8 +106,9 @@ class SelectConfig:
     selector: str = "auto"
     """How samples are ranked and kept: auto, correct, majority, majority_cdm, cdm, logprob, random, or one
     CDM part alone (depthtune.stages.select lists what each does). auto = correct where references or a
-    verifier judge the samples, logprob (the highest mean token log-prob) where nothing does; the label-free
-    ablation in docs/results.md picked it (depthtune.selectors.resolve)."""
+    verifier judge the samples, majority (self-consistency) where nothing does or require_correct is off, and
+    logprob when too few answers agree to vote; the label-free ablations in docs/results.md picked them
+    (depthtune.selectors.resolve)."""
     keep: int | None = None
     """Keep exactly this many samples, the best by the selector's score (correct, random: a seeded draw);
     None = the line (threshold or top_share)."""
@@ -265,7 +266,8 @@ class RoundsConfig:
     """Rounds of sample -> select -> train (--rounds N); round r samples from round r - 1's tuned model."""
     mode: str = "restart"
     """restart: every round trains a fresh adapter on the base, on that round's samples (ReST-EM);
-    continue: every round trains on the model the round before tuned (iterated fine-tuning)."""
+    continue: every round trains on the model the round before tuned (iterated fine-tuning). Measured
+    alike over 3 labelled rounds (docs/results.md#rounds); restart cannot compound a round's overfitting."""
     margin: float = 0.0
     """Stop early when a round's gain over the round before has a 95% interval entirely below this many
     points of held-out accuracy (0: stop when it is shown to make the model worse)."""

@@ -112,7 +112,8 @@ def run_job(folder: Path, job: Job, plan: Plan, mdl: Models, log) -> list[dict]:
         backfill_topk(folder, job, rows, mdl, log)
     if job.needs_cdm:
         model, tok = mdl.get(job.model)
-        scored = score_rows(model, tok, rows, plan.sweep.base.score, folder / "scores.jsonl", progress=log)
+        scored = score_rows(model, tok, rows, dataclasses.replace(plan.sweep.base.score, cdm=True), folder / "scores.jsonl",
+                            progress=log)  # a cell ranks by it: computed whatever score.cdm says
         rows = [{**r, "cdm": s["cdm"]} for r, s in zip(rows, scored)]
     if not (folder / "evaluate" / "battery.json").exists():
         model, tok = mdl.get(job.model)

@@ -35,7 +35,7 @@ from .. import artifacts
 from ..checking import normalise
 from ..config import RunConfig, SelectConfig
 from ..errors import DepthtuneError
-from ..selectors import SELECTORS, resolve
+from ..selectors import AUTO, NO_VOTE, SELECTORS, resolve
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -51,7 +51,12 @@ def resolved(cfg: SelectConfig, rows: list[dict]) -> SelectConfig:
     """cfg with `auto` replaced by the selector that runs on these rows (depthtune.selectors.resolve); with
     select.require_correct off, the references judge nothing here, so `auto` is the label-free selector."""
     labelled = cfg.require_correct and any(r.get("correct") is not None for r in rows)
-    return dataclasses.replace(cfg, selector=resolve(cfg.selector, labelled, cfg.threshold))
+    return dataclasses.replace(cfg, selector=resolve(cfg.selector, labelled, cfg.threshold, votes=can_vote(rows, cfg)))
+
+
+def can_vote(rows: list[dict], cfg: SelectConfig) -> bool:
+    """Whether at least select.min_kept samples (one, at the least) agree with their prompt's majority answer."""
+    return len(pool(rows, dataclasses.replace(cfg, selector="majority"))) >= max(1, cfg.min_kept)
 
 
 def needs_correct(cfg: SelectConfig) -> bool:
@@ -120,10 +125,10 @@ def describe_pool(cfg: SelectConfig, labelled: bool) -> str:
 def select(rows: list[dict], cfg: SelectConfig) -> tuple[list[dict], dict, str]:
     """-> (kept rows in their original order, yield per prompt {prompt_id: [kept, total]}, the line used in
     words)."""
-    cfg = resolved(cfg, rows)
+    asked, cfg = cfg.selector, resolved(cfg, rows)
     if SELECTORS[cfg.selector].cdm and any(r.get("cdm") is None for r in rows if r["completion_ids"]):
-        raise DepthtuneError(f"--selector {cfg.selector} ranks by CDM, which the score stage did not compute "
-                             f"(score.cdm is off); rerun `depthtune score --redo --set score.cdm=true`")
+        raise DepthtuneError(f"selector {cfg.selector} ranks by CDM, which the score stage did not compute for these "
+                             f"samples; rerun `depthtune score --redo --set score.cdm=true`")
     ranked = pool(rows, cfg)
     what = describe_pool(cfg, uses_labels(cfg, rows))
     by = {"cdm": "CDM", "logprob": "mean log-prob", "majority_cdm": "CDM"}.get(cfg.selector, cfg.selector)
@@ -142,6 +147,9 @@ def select(rows: list[dict], cfg: SelectConfig) -> tuple[list[dict], dict, str]:
         line = f"the top {cfg.top_share:.0%} by {by} of {len(ranked)} {what}"
         if len(chosen) > n:
             line += f", raised to select.min_kept = {cfg.min_kept}"
+    if asked == AUTO and cfg.selector == NO_VOTE:
+        line += (f" (fewer than {max(1, cfg.min_kept)} samples agree with their prompt's majority answer, too few "
+                 f"to vote with, so auto ranked by mean log-prob)")
     ids = {r["sample_id"] for r in chosen}
     kept = [r for r in rows if r["sample_id"] in ids]
     yields: dict[str, list[int]] = {}
@@ -204,7 +212,7 @@ def run(run_dir: Path, cfg: RunConfig, log=print) -> dict:
     if s.selector == "correct" and not any(r.get("correct") is not None for r in rows):
         raise DepthtuneError("--selector correct keeps the correct samples, and these prompts have no reference "
                              "answers; select without labels: --selector majority (self-consistency), cdm or logprob")
-    kept, yields, line = select(rows, s)
+    kept, yields, line = select(rows, cfg.select)  # resolves auto itself, and says when it fell back
     if not kept or len(kept) < s.min_kept:
         raise DepthtuneError(explain_small(rows, s, len(kept)))
     labelled = uses_labels(s, rows)

@@ -177,15 +177,27 @@ def test_a_verifier_decides_correctness(tmp_path, monkeypatch):
     sys.modules.pop("my_checks", None)
 
 
-def test_auto_is_rejection_sampling_with_labels_logprob_without_and_cdm_with_a_line():
+def test_auto_is_rejection_sampling_with_labels_majority_without_and_cdm_with_a_line():
     from depthtune.selectors import resolve
 
-    assert resolve("auto", labelled=True) == "correct" and resolve("auto", labelled=False) == "logprob"
+    assert resolve("auto", labelled=True) == "correct" and resolve("auto", labelled=False) == "majority"
+    assert resolve("auto", labelled=False, votes=False) == "logprob"  # nothing to vote with
     assert resolve("auto", labelled=True, threshold=70) == "cdm" and resolve("logprob", labelled=False) == "logprob"
-    rows = [row(p, j, 50.0, correct=None, text=f"{p} {j}", mean_logprob=-0.1 * j - (p == "b")) for p in "ab"
-            for j in range(4)]  # no references: the top half by mean log-prob
+    # no references: every sample that agrees with its prompt's majority (self-consistency)
+    rows = [row(p, j, None, correct=None, text=f"{p} {j}", majority=j < 3, mean_logprob=-0.1 * j)
+            for p in "ab" for j in range(4)]
+    kept, _, line = select(rows, SelectConfig(min_kept=0))
+    assert [r["sample_id"] for r in kept] == ["a#0", "a#1", "a#2", "b#0", "b#1", "b#2"] and "majority" in line, line
+    # identical majority answers count once: 2 distinct ones are too few to vote with when 4 must be kept
+    same = [row(p, j, None, correct=None, text=f"{p}" if j < 3 else f"{p} {j}", majority=j < 3, mean_logprob=-0.1 * j)
+            for p in "ab" for j in range(4)]
+    assert "too few to vote with" in select(same, SelectConfig(min_kept=4))[2]
+    # open-ended answers that never agree: the top half by mean log-prob, and the line says why
+    rows = [row(p, j, 50.0, correct=None, text=f"{p} {j}", majority=False, mean_logprob=-0.1 * j - (p == "b"))
+            for p in "ab" for j in range(4)]
     kept, _, line = select(rows, SelectConfig(min_kept=0))
     assert [r["sample_id"] for r in kept] == ["a#0", "a#1", "a#2", "a#3"] and "log-prob" in line, line
+    assert "too few to vote with, so auto ranked by mean log-prob" in line
 
 
 def test_a_cdm_selector_refuses_samples_scored_without_cdm():
@@ -194,6 +206,6 @@ def test_a_cdm_selector_refuses_samples_scored_without_cdm():
 
     rows = [row(p, j, None, correct=None, text=f"{p} {j}") for p in "ab" for j in range(4)]
     for selector in ("cdm", "majority_cdm"):
-        with pytest.raises(DepthtuneError, match=f"--selector {selector} ranks by CDM, which the score stage did not"):
+        with pytest.raises(DepthtuneError, match=f"selector {selector} ranks by CDM, which the score stage did not"):
             select(rows, SelectConfig(selector=selector, require_correct=False, keep=2))
     assert len(select(rows, SelectConfig(selector="logprob", require_correct=False, keep=2))[0]) == 2
