@@ -43,9 +43,9 @@ def resolve(name: str, labelled: bool, threshold: float | None = None, votes: bo
     """The selector that runs: `auto` is rejection sampling where references (or a verifier) judge the
     samples; where nothing does, self-consistency (the best label-free selector in the two label-free
     ablations, docs/results.md#label-free: tied on the built-in suites, 6.6 points above the mean log-prob on
-    the procedural task; ranking its pool by CDM added nothing), or the mean token log-prob when the answers give no majority to vote with (votes
-    false: open-ended answers); the CDM line when a threshold is given (--threshold is a CDM line unless a
-    selector says otherwise). Any other name is itself."""
+    the procedural task; ranking its pool by CDM added nothing), or the mean token log-prob when the answers
+    give no majority to vote with (votes false: open-ended answers); the CDM line when a threshold is given
+    (--threshold is a CDM line unless a selector says otherwise). Any other name is itself."""
     if name != AUTO:
         return name
     if threshold is not None:

@@ -50,8 +50,11 @@ def quantile(values: list[float], q: float) -> float:
 def resolved(cfg: SelectConfig, rows: list[dict]) -> SelectConfig:
     """cfg with `auto` replaced by the selector that runs on these rows (depthtune.selectors.resolve); with
     select.require_correct off, the references judge nothing here, so `auto` is the label-free selector."""
+    if cfg.selector != AUTO:
+        return cfg
     labelled = cfg.require_correct and any(r.get("correct") is not None for r in rows)
-    return dataclasses.replace(cfg, selector=resolve(cfg.selector, labelled, cfg.threshold, votes=can_vote(rows, cfg)))
+    votes = labelled or cfg.threshold is not None or can_vote(rows, cfg)  # the pool is counted only where it decides
+    return dataclasses.replace(cfg, selector=resolve(cfg.selector, labelled, cfg.threshold, votes=votes))
 
 
 def can_vote(rows: list[dict], cfg: SelectConfig) -> bool:
