@@ -71,6 +71,8 @@ def test_a_server_that_dies_at_start_shows_its_last_log_line(tmp_path):
     with pytest.raises(DepthtuneError, match=r"llama-server exited at start \(code -?\d+\): .+; full log: ") as e:
         srv.start()
     assert "\n" not in str(e.value) and not srv.alive()
+    assert srv.log_path.read_text().strip()  # the log the message points at is kept for the user to read
+    srv.log_path.unlink()
 
 
 def test_auto_samples_in_process_whatever_the_model(tiny_model_dir):
