@@ -16,6 +16,7 @@ from pathlib import Path
 from .. import artifacts, htmlpage, stats
 from ..cdm import PARTS
 from ..degenerate import looping
+from ..models import EMBEDDED_NAME
 from ..reporting import (
     PERCENT,
     ROWS,
@@ -121,7 +122,8 @@ def collect(run_dir: Path) -> dict:
     judged = [r for r in scored if r.get("correct") is not None]
     cfg = ev["config"]
     return {
-        "model": tr["base_model"] or "embedded SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)",
+        "model": (tr["base_model"] if tr["base_model"] not in (None, EMBEDDED_NAME)  # a restarting round names it
+                  else "embedded SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)"),
         "machine": machine(), "backend": gen.get("backend", "local"), "template": template_used(cfg, gen),
         "before": at_line(ev["base"], base_rows, deep_line), "after": at_line(ev["tuned"], tuned_rows, deep_line),
         "deltas": deltas(base_rows, tuned_rows, deep_line),
