@@ -188,6 +188,13 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
             if self.bar is not None:
                 self.bar.close()
 
+        def on_step_end(self, args, state, control, **kw):
+            # the Trainer checkpoints the last step whatever save_steps says; the stage writes the finished
+            # model itself and deletes the checkpoints, so that one (model and optimiser) would be written
+            # only to be deleted: for a fully trained student, over a GB
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+
         def on_save(self, args, state, control, **kw):
             if state.is_world_process_zero:
                 elapsed.save()
