@@ -165,7 +165,7 @@ def train_student(run_dir: Path, cfg: RunConfig, name: str, rows: list[dict], te
                           sampling=sampling, counts=stats, vocab=s_manifest["shared_vocab"])
     model, seconds, loss = fit(student, tok, rows, train_cfg, stage, log=log, report_to=cfg.report_to,
                                run_name=f"{Path(run_dir).resolve().name}-{name}", log_dir=Path(run_dir) / "logs" / name,
-                               **kwargs)
+                               checkpoint_last=False, **kwargs)
     if not distributed.is_main():  # every process trained (DDP); the main process saves
         return distributed.others_read(stage, name)
     model = model if train_cfg.full else model.merge_and_unload()

@@ -137,7 +137,7 @@ class _Elapsed:
 def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print, trainer_cls=None,
         examples: list | None = None, collate_fn=None, sequential: bool = False, report_to="none",
         run_name: str | None = None, log_dir: Path | None = None, save_dir: Path | None = None,
-        **trainer_kwargs):
+        checkpoint_last: bool = True, **trainer_kwargs):
     """Train `model` (already LoRA-wrapped or not) on rows; checkpoints in out_dir/checkpoints.
 
     trainer_cls / examples / collate_fn / trainer_kwargs let distillation swap the loss
@@ -145,7 +145,10 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
     whether to pack (cfg.padding_free, unless packing_works says this model cannot). sequential keeps
     the rows' order in every epoch (a curriculum) instead of shuffling. report_to goes to the
     Trainer as is (none, tensorboard, mlflow, trackio, wandb or a list), with run_name; TensorBoard
-    event files go to log_dir (default out_dir/logs), which outlives the checkpoints.
+    event files go to log_dir (default out_dir/logs), which outlives the checkpoints. checkpoint_last=False
+    skips the checkpoint the Trainer writes of the last step whatever save_steps says, for a caller that
+    writes the finished model at once and deletes the checkpoints (a sweep cell keeps it: it evaluates
+    before writing, and a retried cell resumes from it).
     -> (model, seconds, final loss).
     """
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
@@ -189,10 +192,9 @@ def fit(model, tok, rows: list[dict], cfg: TrainConfig, out_dir: Path, log=print
                 self.bar.close()
 
         def on_step_end(self, args, state, control, **kw):
-            # the Trainer checkpoints the last step whatever save_steps says; the stage writes the finished
-            # model itself and deletes the checkpoints, so that one (model and optimiser) would be written
-            # only to be deleted: for a fully trained student, over a GB
-            if state.global_step >= state.max_steps:
+            # that last checkpoint (model and optimiser: over a GB for a fully trained student) would be
+            # written only to be deleted
+            if not checkpoint_last and state.global_step >= state.max_steps:
                 control.should_save = False
 
         def on_save(self, args, state, control, **kw):
@@ -236,7 +238,7 @@ def run(run_dir: Path, cfg: RunConfig, model, tok) -> tuple[dict, object]:
     gathered = stage_dir / "gathered" if distributed.sharded() else None  # FSDP / ZeRO-3: the Trainer saves
     model, seconds, loss = fit(model, tok, rows, cfg.train, stage_dir, report_to=cfg.report_to,
                                run_name=Path(run_dir).resolve().name, log_dir=Path(run_dir) / "logs" / "train",
-                               save_dir=gathered)
+                               save_dir=gathered, checkpoint_last=False)
     if not distributed.is_main():  # every process trained (DDP); the main process saves
         return distributed.others_read(stage_dir, "train"), model
     target = stage_dir / ("model" if cfg.train.full else "adapter")

@@ -199,3 +199,15 @@ def test_packing_is_checked_on_the_model_before_training_on_it(tiny_model_dir):
 
     model.forward = one_long_text
     assert not packing_works(model, examples)
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_the_last_steps_checkpoint_is_written_only_for_callers_that_keep_it(tmp_path, tiny_model_dir, last):
+    """6 examples / batch 2 x 1 epoch = 3 steps, a checkpoint every 2: the Trainer adds one of step 3, which
+    a sweep cell resumes from if killed while it evaluates; the stages, which write the model at once, skip it."""
+    tok = models.load_tokenizer(str(tiny_model_dir))
+    cfg = TrainConfig(epochs=1, batch_size=2, save_steps=2, learning_rate=5e-3, full=True)
+    train.fit(models.load_model(str(tiny_model_dir)), tok, rows(), cfg, tmp_path, log=lambda *_: None,
+              checkpoint_last=last)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == \
+        ["checkpoint-2"] + (["checkpoint-3"] if last else [])
