@@ -34,11 +34,14 @@ def one_line(proc: subprocess.CompletedProcess, expected: str) -> str:
 
 
 def started(args: list, run_dir: Path, until: str) -> subprocess.Popen:
-    """A depthtune process, stopped (SIGSTOP) once `until` exists in its run dir: it holds the lock."""
+    """A depthtune process, stopped (SIGSTOP) once `until` exists in its run dir (a .jsonl file: holds a whole
+    line; the append opens it before it writes): it holds the lock."""
     proc = subprocess.Popen([sys.executable, "-m", "depthtune", *map(str, args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+    path = run_dir / until
+    ready = (lambda: path.exists() and path.read_bytes().endswith(b"\n")) if until.endswith(".jsonl") else path.exists
     deadline = time.monotonic() + 120
-    while not (run_dir / until).exists():
+    while not ready():
         assert proc.poll() is None and time.monotonic() < deadline, "the first process ended before it was stopped"
         time.sleep(0.05)
     proc.send_signal(signal.SIGSTOP)
