@@ -69,7 +69,7 @@ def test_ray_gives_the_sequential_results_cell_for_cell(teacher_dir, tmp_path):
     # finding names as the cheapest, which is chosen by those wall times (lora and full train about as fast here)
     wall = lambda x: re.sub(r"cheapest within (.*?) of it \(.*?\) took", r"cheapest within \1 of it (C) took",
                             re.sub(r"[0-9.]+ s\b", "N s", x))
-    same = lambda f: [wall(x) for x in json.loads((f / "sweep.json").read_text())["findings"]]  # noqa: E731
+    same = lambda f: [wall(x) for x in json.loads((f / "sweep.json").read_text())["findings"]]
     assert same(seq) == same(par)
 
 
